@@ -1,0 +1,26 @@
+"""camcli: class activation maps for image classifiers, from the command line.
+
+The small public Python API (imported lazily so that ``camcli --help`` stays quick)::
+
+    from camcli import load_model, explain
+    loaded = load_model("resnet18", weights="none")
+    result = explain(loaded, batch, method="gradcam", targets=["top1"])
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "explain", "load_model"]
+
+
+def __getattr__(name: str):
+    if name == "load_model":
+        from camcli.models import load_model
+
+        return load_model
+    if name == "explain":
+        from camcli.explain import explain
+
+        return explain
+    raise AttributeError(f"module 'camcli' has no attribute {name!r}")

@@ -1,0 +1,304 @@
+"""Typer commands only: parse and validate options, call the library, map errors to exit codes.
+
+Nothing heavy is imported at module level, so ``camcli --help`` answers without loading torch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from camcli import __version__
+from camcli.errors import EXIT_SOME_FAILED, EXIT_USAGE, CamcliError
+
+app = typer.Typer(
+    name="camcli",
+    help="Class activation maps (CAM, Grad-CAM) for image classifiers, from the command line.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+
+class Format(str, Enum):
+    jpg = "jpg"
+    png = "png"
+    npy = "npy"
+
+
+class Fit(str, Enum):
+    crop = "crop"
+    stretch = "stretch"
+
+
+def _stderr():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _fail(exc: CamcliError) -> NoReturn:
+    _stderr().print(f"[bold red]error:[/] {exc.message}", markup=True, emoji=False)
+    raise typer.Exit(code=exc.exit_code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"camcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Class activation maps (CAM, Grad-CAM) for image classifiers, from the command line."""
+
+
+@app.command()
+def run(
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, directories (walked recursively), glob patterns, or - to read "
+            "one path per line from stdin.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder; directory trees are mirrored.")
+    ] = Path("camcli-out"),
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="torchvision classifier name (camcli models).")
+    ] = "resnet50",
+    weights: Annotated[
+        str,
+        typer.Option(
+            "--weights", "-w", help="DEFAULT, a weights enum value such as IMAGENET1K_V1, or none."
+        ),
+    ] = "DEFAULT",
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your own state dict (.pt/.pth/.safetensors) for the architecture; loaded "
+            "with weights_only=True."
+        ),
+    ] = None,
+    num_classes: Annotated[
+        int | None,
+        typer.Option(help="Size of the head for --checkpoint (inferred when omitted)."),
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="Class names, one per line, in class-index order.")
+    ] = None,
+    method: Annotated[
+        str, typer.Option("--method", help="CAM method (camcli methods lists them).")
+    ] = "gradcam",
+    layer: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--layer",
+            "-l",
+            help="Dotted module name (layer4, features.28); repeat to average several layers. "
+            "Default: chosen automatically (camcli layers MODEL).",
+            show_default=False,
+        ),
+    ] = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target",
+            "-t",
+            help="top1 (default), topN, a class index or a class name; repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    top_k: Annotated[
+        int | None,
+        typer.Option("--top-k", "-k", help="Maps for the K most likely classes.", min=1),
+    ] = None,
+    fmt: Annotated[
+        list[Format] | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="jpg or png (overlay), npy (raw float32 map); repeatable. Default: jpg.",
+            show_default=False,
+        ),
+    ] = None,
+    alpha: Annotated[
+        float, typer.Option(help="Opacity of the heatmap over the image.", min=0.0, max=1.0)
+    ] = 0.5,
+    colormap: Annotated[
+        str, typer.Option(help="Any OpenCV colormap name (jet, viridis, turbo, inferno...).")
+    ] = "jet",
+    fit: Annotated[
+        Fit,
+        typer.Option(
+            help="crop: the model's resize + centre crop, heat only where the model looked; "
+            "stretch: the whole image squashed to the input size."
+        ),
+    ] = Fit.crop,
+    input_size: Annotated[
+        int | None,
+        typer.Option(help="Model input size in pixels (default: the weights' own).", min=16),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", help="Images per forward pass.", min=1)
+    ] = 16,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    skip_existing: Annotated[
+        bool, typer.Option(help="Skip inputs whose outputs all exist (resume a run).")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar or summary; errors only.")
+    ] = False,
+    json_lines: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per result on stdout.")
+    ] = False,
+) -> None:
+    """Write heatmaps (overlays or raw maps) for images, files or whole folders."""
+    from camcli.pipeline import RunConfig
+    from camcli.runner import run_images
+
+    config = RunConfig(
+        out=out,
+        formats=tuple(dict.fromkeys(f.value for f in (fmt or [Format.jpg]))),
+        alpha=alpha,
+        colormap=colormap,
+        batch_size=batch_size,
+        skip_existing=skip_existing,
+    )
+    try:
+        code = run_images(
+            paths,
+            config,
+            model=model,
+            weights=weights,
+            checkpoint=checkpoint,
+            num_classes=num_classes,
+            labels=labels,
+            method=method,
+            layers=layer or [],
+            targets=target or [],
+            top_k=top_k,
+            fit=fit.value,
+            input_size=input_size,
+            device=device,
+            quiet=quiet,
+            json_lines=json_lines,
+        )
+    except CamcliError as exc:
+        _fail(exc)
+    raise typer.Exit(code=code)
+
+
+@app.command()
+def layers(
+    model: Annotated[str, typer.Argument(help="torchvision classifier name.")],
+    input_size: Annotated[
+        int | None, typer.Option(help="Input size for the dummy forward.", min=16)
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="JSON lines instead of a table.")
+    ] = False,
+) -> None:
+    """List a model's layers: dotted name, type, output shape; marks the default CAM layer."""
+    try:
+        from camcli.layers import trace_layers
+        from camcli.models import load_model
+
+        loaded = load_model(model, weights="none", device="cpu", input_size=input_size)
+        infos, default = trace_layers(loaded.model, loaded.preprocess.crop_size, loaded.device)
+    except CamcliError as exc:
+        _fail(exc)
+    if json_out:
+        for info in infos:
+            shape = list(info.shape) if info.shape else None
+            row = {"name": info.name, "type": info.type, "shape": shape}
+            typer.echo(json.dumps({**row, "default": info.name == default}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{loaded.name} at {loaded.preprocess.crop_size} px", box=None)
+    for column in ("layer", "type", "output shape", ""):
+        table.add_column(column)
+    for info in infos:
+        shape = "x".join(map(str, info.shape)) if info.shape else "-"
+        mark = "default" if info.name == default else ""
+        style = "bold green" if mark else None
+        table.add_row(info.name, info.type, shape, mark, style=style)
+    Console(soft_wrap=True).print(table)
+
+
+@app.command()
+def models(
+    pattern: Annotated[
+        str | None,
+        typer.Argument(help="Substring or glob (resnet*, *vit*) to filter by.", show_default=False),
+    ] = None,
+) -> None:
+    """List the torchvision classification models camcli can load."""
+    import fnmatch
+
+    from camcli.models import classification_models
+
+    names = classification_models()
+    if pattern:
+        if any(c in pattern for c in "*?["):
+            names = [n for n in names if fnmatch.fnmatch(n, pattern.lower())]
+        else:
+            names = [n for n in names if pattern.lower() in n]
+    if not names:
+        _stderr().print(f"no model matches {pattern!r}")
+        raise typer.Exit(code=EXIT_SOME_FAILED)
+    for name in names:
+        typer.echo(name)
+
+
+@app.command()
+def methods(
+    json_out: Annotated[
+        bool, typer.Option("--json", help="JSON lines instead of a table.")
+    ] = False,
+) -> None:
+    """List the CAM methods, whether each needs gradients, and its paper."""
+    from camcli.methods import METHODS
+
+    if json_out:
+        for info in METHODS.values():
+            row: dict[str, Any] = {"name": info.name, "needs_grad": info.needs_grad}
+            typer.echo(json.dumps({**row, "summary": info.summary, "paper": info.paper}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None)
+    for column in ("method", "gradients", "what it computes", "paper"):
+        table.add_column(column)
+    for info in METHODS.values():
+        table.add_row(info.name, "yes" if info.needs_grad else "no", info.summary, info.paper)
+    Console(soft_wrap=True).print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted: finished outputs are kept; rerun with --skip-existing\n")
+        sys.exit(130)
+
+
+__all__ = ["EXIT_USAGE", "app", "main"]

@@ -1,0 +1,38 @@
+"""The project's exceptions. The CLI maps each to a one-line message and an exit code."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+
+
+class CamcliError(Exception):
+    """Base class: a problem camcli can explain in one line."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(CamcliError):
+    """Bad options or setup (unknown model, layer, class...): exit 2 before any work."""
+
+
+class WeightsUnavailableError(UsageError):
+    """Pretrained weights are neither cached nor downloadable."""
+
+
+class CheckpointError(UsageError):
+    """A checkpoint that cannot be read or does not fit the architecture."""
+
+
+class InputError(CamcliError):
+    """One input file cannot be used (unreadable, not an image...). The batch goes on."""
+
+    exit_code = EXIT_SOME_FAILED

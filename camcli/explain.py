@@ -1,0 +1,239 @@
+"""A batch of images -> class activation maps and predictions. No file I/O here."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from camcli.errors import UsageError
+from camcli.hooks import ActivationRecorder, first_tensor
+from camcli.layers import resolve_layer, trace_layers
+from camcli.methods import get_method_class
+from camcli.methods.base import CamMethod
+from camcli.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to explain: the class at a rank of the prediction, or a fixed class index."""
+
+    rank: int | None = None
+    index: int | None = None
+
+    @property
+    def tag(self) -> str:
+        return f"top{self.rank}" if self.rank is not None else f"class{self.index}"
+
+
+@dataclass
+class Explanation:
+    """Maps and predictions for a batch of N images and T targets each (all on the CPU).
+
+    ``maps`` is (N, T, h, w) float32: the method's raw map at the layer's resolution (several
+    layers: each upsampled to the model input size, then averaged). ``scores`` are softmax
+    probabilities of ``class_indices``.
+    """
+
+    maps: np.ndarray
+    class_indices: np.ndarray
+    scores: np.ndarray
+
+
+def _normalise_label(text: str) -> str:
+    return " ".join(text.lower().replace("_", " ").replace("-", " ").split())
+
+
+def parse_targets(
+    values: Sequence[str], top_k: int | None, labels: Sequence[str] | None, num_classes: int
+) -> list[Target]:
+    """``top1`` / ``topN``, a class index, or a class name (case-insensitive), plus ``top_k``."""
+    targets: list[Target] = []
+    by_name: dict[str, list[int]] = {}
+    for i, label in enumerate(labels or []):
+        by_name.setdefault(_normalise_label(label), []).append(i)
+    for value in values:
+        text = value.strip()
+        low = text.lower()
+        if low.startswith("top") and low[3:].isdigit() and int(low[3:]) >= 1:
+            rank = int(low[3:])
+            if rank > num_classes:
+                raise UsageError(f"target {text!r}: the model has only {num_classes} classes")
+            targets.append(Target(rank=rank))
+        elif text.isdigit():
+            index = int(text)
+            if index >= num_classes:
+                raise UsageError(
+                    f"target {index} is out of range: the model has {num_classes} classes "
+                    f"(0..{num_classes - 1})"
+                )
+            targets.append(Target(index=index))
+        else:
+            if not labels:
+                raise UsageError(
+                    f"target {text!r} is a class name but this model has no labels; "
+                    "pass --labels FILE or a class index"
+                )
+            found = by_name.get(_normalise_label(text))
+            if not found:
+                close = difflib.get_close_matches(_normalise_label(text), list(by_name), n=3)
+                hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+                raise UsageError(f"unknown class name {text!r}{hint}")
+            if len(found) > 1:
+                raise UsageError(
+                    f"class name {text!r} is ambiguous (indices {', '.join(map(str, found))}); "
+                    "pass the index instead"
+                )
+            targets.append(Target(index=found[0]))
+    if top_k is not None:
+        if top_k < 1:
+            raise UsageError("--top-k must be at least 1")
+        if top_k > num_classes:
+            raise UsageError(f"--top-k {top_k}: the model has only {num_classes} classes")
+        targets.extend(Target(rank=r) for r in range(1, top_k + 1))
+    if not targets:
+        targets = [Target(rank=1)]
+    unique: list[Target] = []
+    for target in targets:
+        if target not in unique:
+            unique.append(target)
+    return unique
+
+
+def extract_logits(output: Any) -> torch.Tensor:
+    """Logits from whatever the model returns: a tensor, a tuple, a dict or an object."""
+    if isinstance(output, torch.Tensor):
+        logits = output
+    elif hasattr(output, "logits") and isinstance(output.logits, torch.Tensor):
+        logits = output.logits
+    elif isinstance(output, dict) and isinstance(output.get("logits"), torch.Tensor):
+        logits = output["logits"]
+    else:
+        found = first_tensor(output)
+        if found is None:
+            raise UsageError(f"the model returned {type(output).__name__}, not logits")
+        logits = found
+    if logits.ndim != 2:
+        raise UsageError(f"the model's output has shape {tuple(logits.shape)}, expected (N, K)")
+    return logits
+
+
+def to_model_input(pixels: np.ndarray, loaded: LoadedModel) -> torch.Tensor:
+    """(N, H, W, 3) uint8 RGB -> normalised (N, 3, H, W) float32 on the model's device."""
+    batch = torch.from_numpy(pixels).to(loaded.device, non_blocking=True)
+    batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(loaded.preprocess.mean, device=loaded.device).view(1, 3, 1, 1)
+    std = torch.tensor(loaded.preprocess.std, device=loaded.device).view(1, 3, 1, 1)
+    return batch.sub_(mean).div_(std)
+
+
+class Explainer:
+    """A model, a method and its layers, checked once; then ``explain(batch, targets)``."""
+
+    def __init__(
+        self, loaded: LoadedModel, method: str = "gradcam", layers: Sequence[str] | None = None
+    ) -> None:
+        self.loaded = loaded
+        model = loaded.model
+        method_cls = get_method_class(method)
+        size = loaded.preprocess.crop_size
+        if layers:
+            names = list(dict.fromkeys(layers))
+        else:
+            _, default = trace_layers(model, size, loaded.device)
+            if default is None:
+                raise UsageError(
+                    f"found no layer with a spatial feature map in {loaded.name}; pass --layer"
+                )
+            names = [default]
+        self.layers: dict[str, nn.Module] = {n: resolve_layer(model, n) for n in names}
+        self.method: CamMethod = method_cls(model)
+        probe = torch.randn(2, 3, size, size, device=loaded.device)
+        activations, logits = self._forward(probe)
+        for name, activation in activations.items():
+            if activation.ndim != 4:
+                raise UsageError(
+                    f"layer {name!r} gives {tuple(activation.shape)}, not a (N, C, H, W) "
+                    "feature map; pick a convolutional layer (`camcli layers MODEL`)"
+                )
+            if self.method.needs_grad and not logits.requires_grad:
+                raise UsageError(f"the logits do not depend on layer {name!r}; pick another")
+            self.method.check(name, activation.detach(), logits.detach())
+        if logits.shape[1] != loaded.num_classes:
+            loaded.num_classes = int(logits.shape[1])
+
+    @property
+    def method_name(self) -> str:
+        return self.method.name
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.layers)
+
+    def _forward(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        grad = self.method.needs_grad
+        mode = torch.no_grad() if grad else torch.inference_mode()
+        with ActivationRecorder(self.loaded.model, self.layers, grad=grad) as recorder, mode:
+            logits = extract_logits(self.loaded.model(batch))
+        missing = [n for n in self.layers if n not in recorder.activations]
+        if missing:
+            raise UsageError(f"layer {missing[0]!r} never ran during the forward pass")
+        return recorder.activations, logits
+
+    def explain(self, batch: torch.Tensor, targets: Sequence[Target]) -> Explanation:
+        activations, logits = self._forward(batch)
+        class_indices = self._target_indices(logits, targets)
+        with torch.inference_mode(not self.method.needs_grad):
+            maps = [
+                self.method.compute(activation, logits, class_indices)
+                for activation in activations.values()
+            ]
+        with torch.inference_mode():
+            if len(maps) == 1:
+                combined = maps[0]
+            else:
+                size = tuple(batch.shape[-2:])
+                combined = torch.stack(
+                    [nn.functional.interpolate(m, size=size, mode="bilinear") for m in maps]
+                ).mean(0)
+            probs = torch.softmax(logits.detach().float(), dim=1)
+            scores = probs.gather(1, class_indices)
+            return Explanation(
+                maps=combined.detach().float().cpu().numpy(),
+                class_indices=class_indices.cpu().numpy(),
+                scores=scores.cpu().numpy(),
+            )
+
+    @staticmethod
+    def _target_indices(logits: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
+        n = logits.shape[0]
+        max_rank = max((t.rank for t in targets if t.rank is not None), default=0)
+        ranked = logits.detach().topk(max_rank, dim=1).indices if max_rank else None
+        columns = []
+        for target in targets:
+            if target.rank is not None:
+                assert ranked is not None
+                columns.append(ranked[:, target.rank - 1])
+            else:
+                columns.append(torch.full((n,), int(target.index), device=logits.device))
+        return torch.stack(columns, dim=1).long()
+
+
+def explain(
+    loaded: LoadedModel,
+    batch: torch.Tensor,
+    *,
+    method: str = "gradcam",
+    layers: Sequence[str] | None = None,
+    targets: Sequence[str] = ("top1",),
+    top_k: int | None = None,
+) -> Explanation:
+    """One-shot helper: explain a normalised (N, 3, H, W) batch."""
+    explainer = Explainer(loaded, method=method, layers=layers)
+    parsed = parse_targets(targets, top_k, loaded.labels, loaded.num_classes)
+    return explainer.explain(batch.to(loaded.device), parsed)

@@ -1,0 +1,85 @@
+"""Image + map -> overlay: the map upsampled bilinearly onto exactly the region the model saw."""
+
+from __future__ import annotations
+
+import functools
+
+import cv2
+import numpy as np
+
+from camcli.errors import UsageError
+from camcli.images import Box
+
+
+def colormap_names() -> list[str]:
+    return sorted(n[len("COLORMAP_") :].lower() for n in dir(cv2) if n.startswith("COLORMAP_"))
+
+
+@functools.lru_cache(maxsize=32)
+def colormap_lut(name: str) -> np.ndarray:
+    """A (256, 1, 3) RGB lookup table for an OpenCV colormap name (``jet``, ``viridis``...)."""
+    code = getattr(cv2, f"COLORMAP_{name.upper()}", None)
+    if code is None:
+        raise UsageError(f"unknown colormap {name!r} (available: {', '.join(colormap_names())})")
+    bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), code)
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def normalise(cam: np.ndarray) -> np.ndarray:
+    """Negative evidence clipped, then scaled to [0, 1] by the peak. Blank maps stay zero."""
+    cam = np.nan_to_num(cam.astype(np.float32, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
+    cam = np.maximum(cam, 0.0)
+    peak = float(cam.max()) if cam.size else 0.0
+    if peak <= 0.0:
+        return np.zeros_like(cam)
+    return cam / peak
+
+
+def _pixel_span(start: float, stop: float, limit: int) -> tuple[int, int]:
+    """The pixel indices whose centres (i + 0.5) fall in [start, stop)."""
+    first = max(0, int(np.ceil(start - 0.5)))
+    last = min(limit, int(np.ceil(stop - 0.5)))
+    return first, max(first, last)
+
+
+def upsample(cam: np.ndarray, box: Box, shape: tuple[int, int]) -> tuple[np.ndarray, slice, slice]:
+    """The map resampled bilinearly onto the image pixels inside ``box``.
+
+    Map cell (i, j) covers the box's i-th row and j-th column band, exactly as the model's
+    input pixels did (half-pixel centres, as in ``F.interpolate(align_corners=False)``).
+    Returns the resampled region and the row and column slices of the image it covers.
+    """
+    height, width = shape
+    r0, r1 = _pixel_span(box.y0, box.y1, height)
+    c0, c1 = _pixel_span(box.x0, box.x1, width)
+    h, w = cam.shape
+    sx, sy = w / (box.x1 - box.x0), h / (box.y1 - box.y0)
+    matrix = np.array(
+        [[sx, 0.0, (c0 + 0.5 - box.x0) * sx - 0.5], [0.0, sy, (r0 + 0.5 - box.y0) * sy - 0.5]],
+        dtype=np.float64,
+    )
+    region = cv2.warpAffine(
+        cam.astype(np.float32, copy=False),
+        matrix,
+        (c1 - c0, r1 - r0),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    return region, slice(r0, r1), slice(c0, c1)
+
+
+def overlay(
+    image: np.ndarray, cam: np.ndarray, box: Box, *, alpha: float = 0.5, colormap: str = "jet"
+) -> np.ndarray:
+    """Blend the coloured, normalised map over ``image`` (H, W, 3 RGB uint8) inside ``box``.
+
+    Pixels outside the region the model saw are left as they are.
+    """
+    region, rows, cols = upsample(normalise(cam), box, image.shape[:2])
+    out = image.copy()
+    if region.size == 0:
+        return out
+    levels = np.clip(region * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    heat = cv2.applyColorMap(levels, colormap_lut(colormap))
+    out[rows, cols] = cv2.addWeighted(image[rows, cols], 1.0 - alpha, heat, alpha, 0.0)
+    return out
