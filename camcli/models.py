@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
+import importlib
+import importlib.util
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +49,41 @@ def classification_models() -> list[str]:
     return list_models(module=torchvision.models)
 
 
+@functools.lru_cache(maxsize=8)
+def custom_factory(spec: str) -> Callable[..., nn.Module] | None:
+    """``path/to/file.py:factory`` or ``package.module:factory`` -> the callable, else None.
+
+    This runs the user's own code (as ``uvicorn module:app`` does); it unpickles nothing.
+    """
+    if ":" not in spec:
+        return None
+    where, attr = spec.rsplit(":", 1)
+    try:
+        if where.endswith(".py"):
+            path = Path(where)
+            if not path.is_file():
+                raise UsageError(f"{where}: no such Python file (for --model FILE.py:FACTORY)")
+            module_spec = importlib.util.spec_from_file_location(f"camcli_user_{path.stem}", path)
+            assert module_spec is not None and module_spec.loader is not None
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(where)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"cannot import {where} for --model {spec}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UsageError(f"--model {spec}: {where} has no callable named {attr!r}")
+    return factory
+
+
 def resolve_model_name(name: str) -> str:
+    if custom_factory(name) is not None:
+        return name
     names = classification_models()
     if name in names:
         return name
@@ -232,6 +269,12 @@ def _build(name: str, num_classes: int | None) -> nn.Module:
     kwargs: dict[str, Any] = {}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
+    factory = custom_factory(name)
+    if factory is not None:
+        model = factory(**kwargs)
+        if not isinstance(model, nn.Module):
+            raise UsageError(f"--model {name} returned {type(model).__name__}, not a torch module")
+        return model
     if name in ("inception_v3", "googlenet"):
         kwargs["aux_logits"] = False
         kwargs["init_weights"] = False
@@ -313,6 +356,11 @@ def load_model(
         chosen = None
         state = read_checkpoint(checkpoint)
         model = _load_checkpoint_into(name, state, num_classes, Path(checkpoint))
+    elif custom_factory(name) is not None:
+        if weights is not None and weights.lower() not in ("none", "default"):
+            raise UsageError(f"--weights {weights}: a custom --model has no named weights")
+        chosen = None
+        model = _build(name, num_classes)
     else:
         chosen = resolve_weights(name, weights)
         if chosen is not None:
@@ -326,7 +374,7 @@ def load_model(
             model = _build(name, num_classes)
     model.eval().to(dev)
 
-    default_weights = get_model_weights(name).DEFAULT
+    default_weights = None if custom_factory(name) else get_model_weights(name).DEFAULT
     preprocess = _transforms_preprocess(chosen or default_weights).with_fit(fit)
     if input_size is not None:
         if input_size < 16:
@@ -344,7 +392,11 @@ def load_model(
             )
     elif chosen is not None:
         label_list = list(chosen.meta["categories"])
-    elif checkpoint is None and n_classes == len(default_weights.meta["categories"]):
+    elif (
+        checkpoint is None
+        and default_weights is not None
+        and n_classes == len(default_weights.meta["categories"])
+    ):
         label_list = list(default_weights.meta["categories"])
     else:
         label_list = None

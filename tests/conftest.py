@@ -1,0 +1,84 @@
+"""Shared fixtures: a tiny CAM model trained once per session, images on disk, a clean env."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import synthetic
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_images"
+SYNTHETIC_MODEL = f"{Path(synthetic.__file__).resolve()}:TinyCAMNet"
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
+    """Tests never download: TORCH_HOME points at an empty per-session cache."""
+    home = tmp_path_factory.getbasetemp() / "torch-home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> synthetic.TinyCAMNet:
+    """The synthetic-shapes GAP + linear CNN, trained in seconds with a fixed seed."""
+    model = synthetic.train()
+    assert synthetic.accuracy(model) >= 0.95
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_model, tmp_path_factory) -> dict[str, Path | str]:
+    """The trained tiny model as a state dict on disk, plus its labels file, for CLI tests.
+
+    CLI use: ``--model <model> --checkpoint <checkpoint> --labels <labels> --input-size 64
+    --fit stretch``.
+    """
+    folder = tmp_path_factory.mktemp("tiny-ckpt")
+    checkpoint = folder / "tiny.pt"
+    torch.save(tiny_model.state_dict(), checkpoint)
+    labels = folder / "labels.txt"
+    labels.write_text("\n".join(synthetic.CLASSES) + "\n")
+    return {"model": SYNTHETIC_MODEL, "checkpoint": checkpoint, "labels": labels}
+
+
+def tiny_args(ckpt: dict) -> list[str]:
+    """The ``camcli run`` options that load the tiny synthetic model."""
+    return [
+        "--model", str(ckpt["model"]), "--checkpoint", str(ckpt["checkpoint"]),
+        "--labels", str(ckpt["labels"]), "--input-size", "64", "--fit", "stretch",
+        "--device", "cpu",
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def shapes_dir(tmp_path: Path) -> tuple[Path, list[tuple]]:
+    """Twelve synthetic shape images in a folder tree, with their boxes."""
+    images, _labels, boxes = synthetic.dataset(12, seed=123)
+    folder = tmp_path / "shapes"
+    for i, img in enumerate(images):
+        sub = folder / ("a" if i % 2 else "b")
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(sub / f"img{i:02d}.png")
+    return folder, boxes
+
+
+@pytest.fixture
+def samples(tmp_path: Path) -> Path:
+    """A copy of the repo's sample photos (so tests never write beside the originals)."""
+    target = tmp_path / "samples"
+    shutil.copytree(SAMPLES, target, ignore=shutil.ignore_patterns("*.md"))
+    return target
+
+
+def random_image(path: Path, size=(80, 60), mode="RGB", seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr).convert(mode).save(path)
+    return path
