@@ -201,6 +201,12 @@ def run(
         )
     except CamcliError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        _stderr().print(
+            "interrupted: finished outputs and manifest.jsonl are kept; "
+            "rerun with --skip-existing to resume"
+        )
+        raise typer.Exit(code=130) from None
     raise typer.Exit(code=code)
 
 

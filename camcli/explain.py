@@ -125,7 +125,7 @@ def extract_logits(output: Any) -> torch.Tensor:
 
 def to_model_input(pixels: np.ndarray, loaded: LoadedModel) -> torch.Tensor:
     """(N, H, W, 3) uint8 RGB -> normalised (N, 3, H, W) float32 on the model's device."""
-    batch = torch.from_numpy(pixels).to(loaded.device, non_blocking=True)
+    batch = torch.from_numpy(np.require(pixels, requirements="W")).to(loaded.device)
     batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(loaded.preprocess.mean, device=loaded.device).view(1, 3, 1, 1)
     std = torch.tensor(loaded.preprocess.std, device=loaded.device).view(1, 3, 1, 1)

@@ -85,7 +85,7 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno is not None:
         return os.strerror(exc.errno) if exc.errno != errno.EIO else "I/O error"
     text = str(exc).strip() or type(exc).__name__
-    if "truncated" in text:
+    if "truncated" in text.lower():
         return f"truncated or corrupt image ({text})"
     return f"cannot decode image ({text})"
 

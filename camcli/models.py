@@ -234,14 +234,18 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # UnpicklingError, RuntimeError (bad zip), EOFError...
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+            text = str(exc)
+            if "Unsupported global" in text or "GLOBAL" in text:
                 raise CheckpointError(
                     f"{path}: holds pickled Python objects, not only tensors; camcli loads "
                     "checkpoints with weights_only=True for safety: save model.state_dict() "
                     "instead"
                 ) from None
-            raise CheckpointError(f"{path}: cannot read checkpoint ({text})") from None
+            detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()
+            reason = detail[0] if detail and detail[0] else type(exc).__name__
+            raise CheckpointError(
+                f"{path}: cannot read checkpoint (not a torch.save file, or corrupt: {reason})"
+            ) from None
     return _unwrap_state_dict(obj, path)
 
 

@@ -189,14 +189,10 @@ class Pipeline:
                         emit(head if isinstance(head, list) else head.result())
 
                 for batch in self._batches(sources, load_pool, previous):
-                    good = []
-                    for plan, result in batch:
-                        if isinstance(result, list):
-                            pending.append(result)
-                        else:
-                            good.append((plan, result))
-                    if good:
-                        self._explain(good, pending, write_pool)
+                    good = [(plan, r) for plan, r in batch if not isinstance(r, list)]
+                    written = iter(self._explain(good, write_pool) if good else [])
+                    for _, result in batch:  # keep input order in the manifest
+                        pending.append(result if isinstance(result, list) else next(written))
                     drain(limit=4 * config.batch_size)
                 drain(limit=0)
         finally:
@@ -245,19 +241,23 @@ class Pipeline:
                 yield batch
                 batch = []
 
-    def _explain(self, good: list[tuple[_Plan, _Loaded]], pending: deque,
-                 pool: ThreadPoolExecutor) -> None:  # fmt: skip
+    def _explain(
+        self, good: list[tuple[_Plan, _Loaded]], pool: ThreadPoolExecutor
+    ) -> list[Future[list[Record]] | list[Record]]:
+        """Explain one batch; returns, per image, its write job (or its error records)."""
         loaded = self.explainer.loaded
         views = np.stack([item.view for _, item in good])
         try:
             result = self.explainer.explain(to_model_input(views, loaded), self.targets)
         except RuntimeError as exc:  # out of memory, a model that fails on this input...
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "RuntimeError"
-            for plan, _ in good:
-                pending.append(
-                    self._error(plan.source, f"{plan.source.path}: model failed ({reason})")
-                )
-            return
-        for i, (plan, item) in enumerate(good):
-            pending.append(pool.submit(self._write, item, plan, result.maps[i],
-                                       result.class_indices[i], result.scores[i]))  # fmt: skip
+            return [
+                self._error(plan.source, f"{plan.source.path}: model failed ({reason})")
+                for plan, _ in good
+            ]
+        return [
+            pool.submit(
+                self._write, item, plan, result.maps[i], result.class_indices[i], result.scores[i]
+            )
+            for i, (plan, item) in enumerate(good)
+        ]

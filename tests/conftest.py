@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import synthetic
 import torch
 from PIL import Image
+
+import synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_images"
