@@ -7,6 +7,7 @@ import difflib
 import functools
 import importlib
 import importlib.util
+import io
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -172,8 +173,9 @@ def _load_pretrained(model_name: str, weights: WeightsEnum, progress: bool) -> n
     original = WeightsEnum.get_state_dict
     WeightsEnum.get_state_dict = safe_state_dict  # type: ignore[method-assign]
     try:
-        # torch.hub announces downloads on stdout; keep stdout clean for --json.
-        with contextlib.redirect_stdout(sys.stderr):
+        # torch.hub announces downloads on stdout: keep stdout clean for --json (its progress
+        # bar, on stderr, still shows when progress is on).
+        with contextlib.redirect_stdout(io.StringIO()):
             return get_model(model_name, weights=weights)
     except (OSError, RuntimeError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -336,3 +336,30 @@ def test_subprocess_with_stdin_list_and_exit_codes(tiny_checkpoint, shapes_dir, 
         "img01.png.gradcam.top1.jpg",
         "img02.png.gradcam.top1.jpg",
     ]
+
+
+def test_safetensors_and_wrapped_data_parallel_checkpoints(
+    tiny_checkpoint, tiny_model, shapes_dir, tmp_path
+):
+    from safetensors.torch import save_file
+
+    folder, _ = shapes_dir
+    image = folder / "a" / "img01.png"
+    state = tiny_model.state_dict()
+    save_file(state, tmp_path / "tiny.safetensors")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "dp.pth")
+    outputs = []
+    for name in ("tiny.safetensors", "dp.pth"):
+        args = tiny_args({**tiny_checkpoint, "checkpoint": tmp_path / name})
+        out = tmp_path / name.replace(".", "_")
+        result = invoke("run", image, "--out", out, "-f", "npy", *args)
+        assert result.exit_code == 0, result.output
+        outputs.append(np.load(out / "img01.png.gradcam.top1.npy"))
+    baseline = tmp_path / "base"
+    assert (
+        invoke("run", image, "--out", baseline, "-f", "npy", *tiny_args(tiny_checkpoint)).exit_code
+        == 0
+    )
+    expected = np.load(baseline / "img01.png.gradcam.top1.npy")
+    for got in outputs:
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
