@@ -457,9 +457,9 @@ def write_baselines(results: list[CaseResult], console: Console) -> None:
             try:
                 old = np.load(case.baseline, allow_pickle=False)
             except (OSError, ValueError, EOFError):
-                old = None
+                status["old_unreadable"] = True
         if old is None:
-            status["status"] = "new"
+            status["status"] = "changed" if status.get("old_unreadable") else "new"
         elif (
             old.shape == cam.shape
             and old.dtype.kind == "f"
@@ -484,6 +484,8 @@ def write_baselines(results: list[CaseResult], console: Console) -> None:
         detail = ""
         if "pearson" in status:
             detail = f" (vs the old one: r {status['pearson']:.3f}, IoU {status['iou']:.3f})"
+        elif "old_unreadable" in status:
+            detail = " (the old one could not be read)"
         elif "old_shape" in status:
             detail = f" (the old one was {'x'.join(map(str, status['old_shape']))})"
         console.print(
@@ -585,6 +587,7 @@ def report_json(report: Report) -> dict[str, Any]:
             "failed": sum(not o.passed for o in outcomes),
         },
         "seconds": round(report.seconds, 3),
+        "updated_baselines": report.updated_baselines,
         "cases": cases,
     }
 
@@ -699,6 +702,13 @@ def summary_line(report: Report) -> str:
         f"cases ({_model_label(report.loaded.name)}, {report.explainer.method_name} at "
         f"{'+'.join(report.explainer.layer_names)}, {report.seconds:.1f} s)"
     )
+    if report.updated_baselines:
+        counts: dict[str, int] = {}
+        for r in report.results:
+            if r.baseline_update is not None:
+                status = r.baseline_update["status"]
+                counts[status] = counts.get(status, 0) + 1
+        text += "; baselines: " + ", ".join(f"{n} {status}" for status, n in counts.items())
     if failed:
         names = ", ".join(repr(r.case.name) for r in failed[:5])
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
@@ -737,7 +747,8 @@ def run_check(
         save_failures_to.mkdir(parents=True, exist_ok=True)
         save_failures(results, save_failures_to)
     report.seconds = time.perf_counter() - began
-    console.print(_table(report))
+    if report.outcomes:
+        console.print(_table(report))
     style = "bold green" if report.exit_code == EXIT_OK else "bold red"
     console.print(f"[{style}]{escape(summary_line(report))}[/]")
     if json_out:

@@ -38,7 +38,7 @@ def spec_dir(tiny_model, tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("check")
     torch.save(tiny_model.state_dict(), folder / "tiny.pt")
     broken = copy.deepcopy(tiny_model)
-    generator = torch.Generator().manual_seed(1234)
+    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         conv = broken.features[9]
         conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.06)
@@ -303,9 +303,14 @@ def test_baselines_pass_against_themselves_and_fail_after_reinitialising_the_las
     for name in ("tiny.pt", "reinit.pt", "labels.txt"):
         (folder / name).symlink_to(spec_dir["folder"] / name)
     (folder / "img").symlink_to(spec_dir["folder"] / "img")
+    # target: both models' maps explain the true class, whatever they predict.
     cases = "".join(
         case_table(
-            name=f"shape {i}", image=f"img/shape{i}.png", baseline=f"baselines/{i}.npy", min_iou=0.5
+            name=f"shape {i}",
+            image=f"img/shape{i}.png",
+            target=spec_dir["labels"][i],
+            baseline=f"baselines/{i}.npy",
+            min_iou=0.5,
         )
         for i in range(3)
     )
@@ -339,10 +344,11 @@ def test_baselines_pass_against_themselves_and_fail_after_reinitialising_the_las
     changed = invoke(broken, "--json", "--save-failures", failures)
     assert changed.exit_code == 1, changed.output
     report = results(changed)
-    for case in report["cases"]:
+    for i, case in enumerate(report["cases"]):
+        assert case["explained"]["label"] == spec_dir["labels"][i]
         pearson = by_name(case)["baseline-pearson"]
-        assert not pearson["passed"] and pearson["measured"] < 0.9
-    assert all(not by_name(c)["baseline-iou"]["passed"] for c in report["cases"][:1])
+        assert not pearson["passed"] and pearson["measured"] < 0.5
+    assert all(not by_name(c)["baseline-iou"]["passed"] for c in report["cases"])
     written = sorted(p.name for p in failures.iterdir())
     assert written == sorted(
         [f"0{i + 1}-shape_{i}.png" for i in range(3)]
