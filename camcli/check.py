@@ -441,11 +441,18 @@ def _explain_batch(
 # --- outputs ------------------------------------------------------------------------------
 
 
-def write_baselines(results: list[CaseResult], console: Console) -> None:
+def write_baselines(results: list[CaseResult], console: Console, size: int) -> None:
     """Write each case's map as its new baseline (float32 .npy, atomically); say what changed.
 
-    Runs only after every map is computed, so a failure midway leaves the old set whole.
+    Runs only after every map is computed, and writes nothing when any baseline case could
+    not be computed, so the set on disk always comes from one model. ``size`` is the grid
+    the similarity to the old baseline is measured on (the model's input size).
     """
+    missing = [r.case for r in results if r.case.baseline is not None and r.cam is None]
+    if missing:
+        names = ", ".join(repr(c.name) for c in missing)
+        console.print(f"[bold red]not updating any baseline:[/] no map for {escape(names)}")
+        return
     for result in results:
         case = result.case
         if case.baseline is None or result.cam is None:
@@ -473,7 +480,6 @@ def write_baselines(results: list[CaseResult], console: Console) -> None:
         else:
             status["status"] = "changed"
             if old.shape == cam.shape and old.ndim == 2:
-                size = int(max(cam.shape))
                 pearson, iou = map_similarity(cam, old.astype(np.float32), size)
                 status.update(pearson=round(pearson, 6), iou=round(iou, 6))
             else:
@@ -742,7 +748,7 @@ def run_check(
     results = evaluate(spec, loaded, explainer, update_baselines=update_baselines)
     report = Report(spec, loaded, explainer, results, 0.0, update_baselines)
     if update_baselines:
-        write_baselines(results, console)
+        write_baselines(results, console, loaded.preprocess.crop_size)
     if save_failures_to is not None and report.exit_code != EXIT_OK:
         save_failures_to.mkdir(parents=True, exist_ok=True)
         save_failures(results, save_failures_to)

@@ -17,9 +17,11 @@ from conftest import SYNTHETIC_MODEL
 from PIL import Image
 from typer.testing import CliRunner
 
+import camcli.check
 import camcli.explain
 from camcli.check import in_boxes, map_similarity, peak_and_energy
 from camcli.cli import app
+from camcli.errors import InputError
 from camcli.images import Box
 
 runner = CliRunner()
@@ -643,3 +645,41 @@ def test_the_docs_example_spec_is_valid():
     spec, problems = parse_spec(root / "docs" / "example-check.toml", update_baselines=True)
     assert problems == [] and spec is not None
     assert spec.model.model == "resnet50" and len(spec.cases) >= 2
+
+
+def test_an_image_that_breaks_during_the_run_errors_and_blocks_baseline_updates(
+    spec_dir, tmp_path, monkeypatch
+):
+    folder = tmp_path / "flaky"
+    folder.mkdir()
+    for name in ("tiny.pt", "labels.txt"):
+        (folder / name).symlink_to(spec_dir["folder"] / name)
+    (folder / "img").symlink_to(spec_dir["folder"] / "img")
+    spec = write_spec(
+        folder,
+        "spec.toml",
+        model_table()
+        + case_table(name="ok", image="img/shape0.png", baseline="b/ok.npy", expect_class="blue")
+        + case_table(name="gone", image="img/shape1.png", baseline="b/gone.npy"),
+    )
+    real_load = camcli.check.load_image
+
+    def flaky(path):
+        if Path(path).name == "shape1.png":
+            raise InputError(f"{path}: truncated or corrupt image (deleted mid-run)")
+        return real_load(path)
+
+    # Validation has read both images already; this one fails when the run reads it again.
+    monkeypatch.setattr(camcli.check, "load_image", flaky)
+    junit = tmp_path / "j.xml"
+    result = invoke(spec, "--update-baselines", "--junit", junit, "--json")
+    assert result.exit_code == 1
+    assert "not updating any baseline: no map for 'gone'" in result.stderr
+    assert not (folder / "b").exists()
+    ok, gone = results(result)["cases"]
+    assert ok["passed"] and "baseline_update" not in ok
+    assert gone["error"].endswith("truncated or corrupt image (deleted mid-run)")
+    root = ET.parse(junit).getroot()
+    assert root.get("tests") == "2" and root.get("errors") == "1" and root.get("failures") == "0"
+    (error,) = root.iter("error")
+    assert "deleted mid-run" in error.get("message")
