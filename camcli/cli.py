@@ -308,7 +308,9 @@ def check(
     ] = False,
     junit: Annotated[
         Path | None,
-        typer.Option(help="Write a JUnit XML report (one testcase per expectation) to FILE."),
+        typer.Option(
+            metavar="FILE", help="Write a JUnit XML report (one testcase per expectation) to FILE."
+        ),
     ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the results as one JSON object on stdout.")
@@ -316,6 +318,7 @@ def check(
     save_failures: Annotated[
         Path | None,
         typer.Option(
+            metavar="DIR",
             help="Save the overlays of failing cases into DIR (NN-case_name.png, boxes in "
             "green, the peak as a cross).",
         ),
