@@ -299,6 +299,61 @@ def methods(
     Console(soft_wrap=True).print(table)
 
 
+@app.command()
+def check(
+    spec: Annotated[
+        Path, typer.Argument(help="The spec file (TOML): the model and the cases to check.")
+    ],
+    update_baselines: Annotated[
+        bool,
+        typer.Option(
+            "--update-baselines",
+            help="Write every case's baseline map from the current model (atomically) and say "
+            "what changed, instead of comparing with it.",
+        ),
+    ] = False,
+    junit: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE", help="Write a JUnit XML report (one testcase per expectation) to FILE."
+        ),
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the results as one JSON object on stdout.")
+    ] = False,
+    save_failures: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Save the overlays of failing cases into DIR (NN-case_name.png, boxes in "
+            "green, the peak as a cross).",
+        ),
+    ] = None,
+) -> None:
+    """Check a model's predictions and maps against a spec's expectations (CI smoke test).
+
+    Exit 0 when all pass, 1 when any fails, 2 for a bad spec (nothing is computed then).
+    """
+    from rich.markup import escape
+
+    from camcli.check import run_check
+
+    try:
+        code = run_check(
+            spec,
+            update_baselines=update_baselines,
+            junit=junit,
+            json_out=json_out,
+            save_failures_to=save_failures,
+        )
+    except CamcliError as exc:
+        console = _stderr()
+        for line in exc.message.splitlines():
+            console.print(f"[bold red]error:[/] {escape(line)}")
+        raise typer.Exit(code=exc.exit_code) from None
+    raise typer.Exit(code=code)
+
+
 def main() -> None:
     try:
         app()
