@@ -11,18 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import synthetic
 import torch
-from conftest import SYNTHETIC_MODEL
 from PIL import Image
 from typer.testing import CliRunner
 
 import camcli.check
 import camcli.explain
+import synthetic
 from camcli.check import in_boxes, map_similarity, peak_and_energy
 from camcli.cli import app
 from camcli.errors import InputError
 from camcli.images import Box
+from conftest import SYNTHETIC_MODEL
 
 runner = CliRunner()
 N_IMAGES = 6
