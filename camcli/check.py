@@ -44,7 +44,7 @@ from camcli.images import Box, load_image, model_view
 from camcli.models import LoadedModel, load_model
 from camcli.render import normalise, overlay, upsample
 from camcli.spec import CaseSpec, CheckSpec, SpecError, parse_spec
-from camcli.writers import encode_image, encode_npy, ensure_inside, write_atomic
+from camcli.writers import encode_image, encode_npy, ensure_inside, slug, write_atomic
 
 TOP_FRACTION = 0.2  # the share of pixels in the "top region" of the baseline IoU
 _UNCHANGED_RTOL = 1e-5  # a rewritten baseline within this of the old peak is "unchanged"
@@ -499,13 +499,9 @@ def write_baselines(results: list[CaseResult], console: Console, size: int) -> N
         )
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_.") or "case"
-
-
 def failure_name(case: CaseSpec, suffix: str = "") -> str:
     """``<index, 2 digits>-<case name, slugged><suffix>.png``, e.g. ``03-cat_on_sofa.png``."""
-    return f"{case.index:02d}-{_slug(case.name)}{suffix}.png"
+    return f"{case.index:02d}-{slug(case.name, "case")}{suffix}.png"
 
 
 def _draw_boxes(rgb: np.ndarray, case: CaseSpec, peak: tuple[int, int] | None) -> np.ndarray:

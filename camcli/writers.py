@@ -27,14 +27,15 @@ def output_path(out: Path, rel: PurePosixPath, method: str, tag: str, fmt: str) 
 
     The input's own extension stays in the name, so ``x.jpg`` and ``x.png`` never collide.
     """
-    name = f"{rel.name}.{method}.{_slug(tag)}.{fmt}"
+    name = f"{rel.name}.{method}.{slug(tag)}.{fmt}"
     path = out.joinpath(*rel.parent.parts, name)
     ensure_inside(out, path)
     return path
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_+-]+", "_", text).strip("_") or "map"
+def slug(text: str, fallback: str = "map") -> str:
+    """A file-name-safe version of ``text``: letters, digits, ``_+-`` only."""
+    return re.sub(r"[^A-Za-z0-9_+-]+", "_", text).strip("_") or fallback
 
 
 def ensure_inside(out: Path, path: Path) -> None:
