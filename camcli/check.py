@@ -20,7 +20,6 @@ Measures, for each case of a spec (``camcli.spec``):
 from __future__ import annotations
 
 import json
-import re
 import socket
 import sys
 import time
@@ -501,7 +500,7 @@ def write_baselines(results: list[CaseResult], console: Console, size: int) -> N
 
 def failure_name(case: CaseSpec, suffix: str = "") -> str:
     """``<index, 2 digits>-<case name, slugged><suffix>.png``, e.g. ``03-cat_on_sofa.png``."""
-    return f"{case.index:02d}-{slug(case.name, "case")}{suffix}.png"
+    return f"{case.index:02d}-{slug(case.name, 'case')}{suffix}.png"
 
 
 def _draw_boxes(rgb: np.ndarray, case: CaseSpec, peak: tuple[int, int] | None) -> np.ndarray:
@@ -627,7 +626,7 @@ def junit_xml(report: Report) -> bytes:
         ("input_size", str(report.loaded.preprocess.crop_size)),
     ):
         ET.SubElement(properties, "property", {"name": key, "value": value})
-    classname = "camcli." + re.sub(r"[^A-Za-z0-9_-]+", "_", report.spec.path.stem)
+    classname = "camcli." + slug(report.spec.path.stem, "spec")
     for result in report.results:
         case = result.case
         share = result.seconds / max(1, len(result.outcomes))
