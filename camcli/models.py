@@ -7,7 +7,9 @@ import difflib
 import functools
 import importlib
 import importlib.util
+import io
 import os
+import pickle
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -172,10 +174,11 @@ def _load_pretrained(model_name: str, weights: WeightsEnum, progress: bool) -> n
     original = WeightsEnum.get_state_dict
     WeightsEnum.get_state_dict = safe_state_dict  # type: ignore[method-assign]
     try:
-        # torch.hub announces downloads on stdout; keep stdout clean for --json.
-        with contextlib.redirect_stdout(sys.stderr):
+        # torch.hub announces downloads: never on stdout (kept clean for --json), and not at
+        # all without a progress bar, so that a failed download reads as one message.
+        with contextlib.redirect_stdout(sys.stderr if progress else io.StringIO()):
             return get_model(model_name, weights=weights)
-    except (OSError, RuntimeError, ValueError) as exc:
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if cached.exists() and "hash" not in reason.lower():
             raise WeightsUnavailableError(
