@@ -220,7 +220,7 @@ def layers(
         bool, typer.Option("--json", help="JSON lines instead of a table.")
     ] = False,
 ) -> None:
-    """List a model's layers: dotted name, type, output shape; marks the default CAM layer."""
+    """List a model's layers: name, type, output shape, the grid it gives; marks the default."""
     try:
         from camcli.layers import trace_layers
         from camcli.models import load_model
@@ -233,19 +233,24 @@ def layers(
         for info in infos:
             shape = list(info.shape) if info.shape else None
             row = {"name": info.name, "type": info.type, "shape": shape}
-            typer.echo(json.dumps({**row, "default": info.name == default}))
+            grid = list(info.grid) if info.grid else None
+            layout = info.layout.kind if info.layout else None
+            row.update(grid=grid, layout=layout, default=info.name == default)
+            typer.echo(json.dumps(row))
         return
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{loaded.name} at {loaded.preprocess.crop_size} px", box=None)
-    for column in ("layer", "type", "output shape", ""):
+    table.add_column("layer", overflow="fold")
+    for column in ("type", "output shape", "grid", ""):
         table.add_column(column)
     for info in infos:
         shape = "x".join(map(str, info.shape)) if info.shape else "-"
+        grid = info.layout.describe() if info.layout else "-"
         mark = "default" if info.name == default else ""
         style = "bold green" if mark else None
-        table.add_row(info.name, info.type, shape, mark, style=style)
+        table.add_row(info.name, info.type, shape, grid, mark, style=style)
     Console(soft_wrap=True).print(table)
 
 

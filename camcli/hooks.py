@@ -5,6 +5,11 @@ restored on exit, even after an exception. For gradient methods the forward belo
 hooked layer runs without autograd: the hook starts recording the graph at that layer, so the
 only tensors that can be differentiated are the activations themselves (no parameter ever
 receives a ``.grad``, and frozen or ``requires_grad=False`` models work).
+
+Each recorded activation is handed out as a (N, C, h, w) feature map whatever the layer's own
+layout (channels-last, or tokens with a class token; see ``camcli.layers.Layout``). For
+gradient methods that map is itself on the path to the logits: the hook rebuilds the layer's
+output from it, so ``torch.autograd.grad(score, activation)`` is the gradient on the grid.
 """
 
 from __future__ import annotations
@@ -15,22 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from camcli.layers import first_tensor, spatial_layout
 
-def first_tensor(output: Any) -> torch.Tensor | None:
-    """The tensor a module produced: itself, the first of a tuple/list, or a dict's first."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)):
-        for item in output:
-            found = first_tensor(item)
-            if found is not None:
-                return found
-    if isinstance(output, Mapping):
-        for item in output.values():
-            found = first_tensor(item)
-            if found is not None:
-                return found
-    return None
+__all__ = ["ActivationRecorder", "first_tensor"]
 
 
 def _replace_first_tensor(output: Any, new: torch.Tensor) -> Any:
@@ -49,11 +41,13 @@ def _replace_first_tensor(output: Any, new: torch.Tensor) -> Any:
 class ActivationRecorder:
     """Record the outputs of ``layers`` (name -> module) during the forward passes in the block.
 
-    With ``grad=True`` call the model under ``torch.no_grad()``: the first hooked layer's output
-    becomes a leaf that requires grad and switches autograd on for the rest of the forward
-    (``no_grad``'s exit restores the caller's mode). Later hooked layers are recorded as they
-    are, already part of that graph. Downstream modules receive a copy, so an in-place op after
-    the layer (DenseNet's ``relu(inplace=True)``) cannot change what was recorded.
+    ``activations[name]`` is the layer's output as (N, C, h, w) when it has a grid layout, else
+    the output as it is. With ``grad=True`` call the model under ``torch.no_grad()``: the first
+    hooked layer's map becomes a leaf that requires grad and switches autograd on for the rest
+    of the forward (``no_grad``'s exit restores the caller's mode). Later hooked layers are
+    recorded inside that graph. Downstream modules receive a fresh tensor built from the map,
+    so an in-place op after the layer (DenseNet's ``relu(inplace=True)``) cannot change what
+    was recorded.
     """
 
     def __init__(self, model: nn.Module, layers: Mapping[str, nn.Module], grad: bool) -> None:
@@ -61,24 +55,37 @@ class ActivationRecorder:
         self.layers = dict(layers)
         self.grad = grad
         self.activations: dict[str, torch.Tensor] = {}
+        self._input_hw: tuple[int, int] | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._training: list[tuple[nn.Module, bool]] = []
+
+    def _input_hook(self, module: nn.Module, args: Any) -> None:
+        tensor = first_tensor(args)
+        if tensor is not None and tensor.ndim == 4:
+            self._input_hw = (int(tensor.shape[-2]), int(tensor.shape[-1]))
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             tensor = first_tensor(output)
             if tensor is None:
                 raise TypeError(f"layer {name!r} produced no tensor ({type(output).__name__})")
+            layout = spatial_layout(tensor.shape, self._input_hw)
             if not self.grad:
-                self.activations[name] = tensor
+                self.activations[name] = tensor if layout is None else layout.to_spatial(tensor)
                 return None
-            if tensor.requires_grad:
-                recorded = tensor
-            else:
-                recorded = tensor.detach().requires_grad_(True)
+            if layout is None:
+                # Not a grid: recorded as it is, for the caller to reject with a clear message.
+                recorded = tensor if tensor.requires_grad else tensor.detach().requires_grad_()
                 torch.set_grad_enabled(True)
-            self.activations[name] = recorded
-            return _replace_first_tensor(output, recorded.clone())
+                self.activations[name] = recorded
+                return _replace_first_tensor(output, recorded.clone())
+            if tensor.requires_grad:
+                spatial = layout.to_spatial(tensor)
+            else:
+                spatial = layout.to_spatial(tensor.detach()).detach().requires_grad_(True)
+                torch.set_grad_enabled(True)
+            self.activations[name] = spatial
+            return _replace_first_tensor(output, layout.from_spatial(spatial, tensor))
 
         return hook
 
@@ -86,6 +93,7 @@ class ActivationRecorder:
         self._training = [(m, m.training) for m in self.model.modules()]
         try:
             self.model.eval()
+            self._handles.append(self.model.register_forward_pre_hook(self._input_hook))
             for name, module in self.layers.items():
                 self._handles.append(module.register_forward_hook(self._hook(name)))
         except BaseException:

@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import io
 import os
+import pickle
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -173,11 +174,11 @@ def _load_pretrained(model_name: str, weights: WeightsEnum, progress: bool) -> n
     original = WeightsEnum.get_state_dict
     WeightsEnum.get_state_dict = safe_state_dict  # type: ignore[method-assign]
     try:
-        # torch.hub announces downloads on stdout: keep stdout clean for --json (its progress
-        # bar, on stderr, still shows when progress is on).
-        with contextlib.redirect_stdout(io.StringIO()):
+        # torch.hub announces downloads: never on stdout (kept clean for --json), and not at
+        # all without a progress bar, so that a failed download reads as one message.
+        with contextlib.redirect_stdout(sys.stderr if progress else io.StringIO()):
             return get_model(model_name, weights=weights)
-    except (OSError, RuntimeError, ValueError) as exc:
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if cached.exists() and "hash" not in reason.lower():
             raise WeightsUnavailableError(
@@ -251,22 +252,30 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return _unwrap_state_dict(obj, path)
 
 
-def _head_linear(model: nn.Module) -> tuple[str, nn.Linear] | None:
-    last = None
+def _head_layer(model: nn.Module) -> tuple[str, nn.Linear | nn.Conv2d] | None:
+    """The classifier's output layer: the last linear layer, or the last convolution for
+    all-convolutional heads (SqueezeNet's 1x1 ``classifier.1``)."""
+    last_linear = last_conv = None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
-            last = (name, module)
-    return last
+            last_linear = (name, module)
+        elif isinstance(module, nn.Conv2d):
+            last_conv = (name, module)
+    return last_linear or last_conv
+
+
+def _out_features(layer: nn.Linear | nn.Conv2d) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
 def _infer_num_classes(model: nn.Module, state: Mapping[str, torch.Tensor]) -> int | None:
     """The class count the checkpoint's head was trained with, if its head differs."""
-    head = _head_linear(model)
+    head = _head_layer(model)
     if head is None:
         return None
     key = f"{head[0]}.weight" if head[0] else "weight"
     tensor = state.get(key)
-    if tensor is not None and tensor.ndim == 2 and tensor.shape[0] != head[1].out_features:
+    if tensor is not None and tensor.ndim >= 2 and tensor.shape[0] != _out_features(head[1]):
         return int(tensor.shape[0])
     return None
 
@@ -382,13 +391,23 @@ def load_model(
 
     default_weights = None if custom_factory(name) else get_model_weights(name).DEFAULT
     preprocess = _transforms_preprocess(chosen or default_weights).with_fit(fit)
+    # Models with learned position embeddings (ViT) take one size only, and that is the
+    # built model's own: vit_h_14's DEFAULT weights are 518 px but weights=None builds 224.
+    fixed = getattr(model, "image_size", None)
+    if isinstance(fixed, int) and fixed != preprocess.crop_size:
+        preprocess = preprocess.with_input_size(fixed)
     if input_size is not None:
         if input_size < 16:
             raise UsageError("--input-size must be at least 16")
+        if isinstance(fixed, int) and input_size != fixed:
+            raise UsageError(
+                f"--input-size {input_size}: {name} takes {fixed} px inputs only "
+                "(its position embeddings are fixed); leave --input-size out"
+            )
         preprocess = preprocess.with_input_size(input_size)
 
-    head = _head_linear(model)
-    n_classes = head[1].out_features if head is not None else (num_classes or 1000)
+    head = _head_layer(model)
+    n_classes = _out_features(head[1]) if head is not None else (num_classes or 1000)
     label_list: list[str] | None
     if labels is not None:
         label_list = read_labels(labels)

@@ -32,13 +32,19 @@ class CAM(CamMethod):
                 f"{tuple(activation.shape)}; use --method gradcam"
             )
         channels = activation.shape[1]
+        classes = logits.shape[1]
         candidates = [
             m
             for m in self.model.modules()
             if isinstance(m, nn.Linear)
             and m.in_features == channels
-            and m.out_features == logits.shape[1]
+            and m.out_features == classes
+            # An all-zero head (ViT's initialisation) predicts constant logits from any input,
+            # which proves nothing about the pooling in between.
+            and bool(m.weight.detach().abs().max() > 0)
         ]
+        # Checked on numbers, not on module types: in eval mode dropout is the identity, and
+        # functional pooling or flattening in forward() is invisible to the module tree.
         pooled = activation.float().mean(dim=(2, 3))
         for linear in reversed(candidates):
             predicted = nn.functional.linear(
@@ -49,10 +55,29 @@ class CAM(CamMethod):
                 self.linear = linear
                 return
         raise UsageError(
-            f"cam needs layer {layer!r} to feed global average pooling and one linear layer "
-            "straight into the logits, and this model's head is different; "
+            f"cam needs the class scores to be one linear layer on the spatial average of "
+            f"layer {layer!r} (global average pooling + linear, dropout allowed); "
+            f"{self._head_problem(layer, channels, classes, bool(candidates))}; "
             "use --method gradcam (it works on any layer)"
         )
+
+    def _head_problem(self, layer: str, channels: int, classes: int, matched: bool) -> str:
+        """Why this head is not pooling + linear, from the modules registered after the layer."""
+        after = _modules_after(self.model, layer)
+        linears = [(n, m) for n, m in after if isinstance(m, nn.Linear)]
+        if not matched and len(linears) > 1:
+            chain = ", ".join(f"{n} {m.in_features}->{m.out_features}" for n, m in linears)
+            return (
+                f"this head has {len(linears)} linear layers ({chain}) with nonlinearities "
+                "between them, so no single weight per channel and class exists"
+            )
+        if not matched:
+            return (
+                f"no linear layer maps its {channels} channels to the {classes} classes "
+                f"(the layers after it: {_names(after)})"
+            )
+        between = [(n, m) for n, m in after if not isinstance(m, (*_POOL_OR_NOOP, nn.Linear))]
+        return f"other layers change the pooled features before the linear one ({_names(between)})"
 
     def all_class_maps(self, activation: torch.Tensor) -> torch.Tensor:
         """Maps for every class at once: one 1x1 convolution, (N, K, H, W)."""
@@ -66,3 +91,32 @@ class CAM(CamMethod):
         assert self.linear is not None, "check() must run first"
         weight = self.linear.weight[targets].to(activation.dtype)  # (N, T, C)
         return torch.einsum("ntc,nchw->nthw", weight, activation).float()
+
+
+_POOL_OR_NOOP = (
+    nn.AdaptiveAvgPool2d,
+    nn.AvgPool2d,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Flatten,
+    nn.Identity,
+)
+
+
+def _modules_after(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]]:
+    """Leaf modules registered after ``layer`` (neither inside it nor one of its parents)."""
+    names = [name for name, _ in model.named_modules()]
+    start = names.index(layer) if layer in names else len(names)
+    return [
+        (name, module)
+        for name, module in list(model.named_modules())[start + 1 :]
+        if not name.startswith(f"{layer}.") and not any(True for _ in module.children())
+    ]
+
+
+def _names(modules: list[tuple[str, nn.Module]], limit: int = 5) -> str:
+    if not modules:
+        return "computed inside forward(), outside any module"
+    shown = ", ".join(f"{n} ({type(m).__name__})" for n, m in modules[:limit])
+    more = f" and {len(modules) - limit} more" if len(modules) > limit else ""
+    return shown + more
