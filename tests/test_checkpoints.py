@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import random_image
 from torch import nn
 from torchvision.models import get_model
 from typer.testing import CliRunner
@@ -16,6 +15,7 @@ from typer.testing import CliRunner
 from camcli.cli import app
 from camcli.errors import CheckpointError
 from camcli.models import load_model
+from conftest import random_image
 
 runner = CliRunner()
 

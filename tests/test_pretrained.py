@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_image
 from torchvision.models import ResNet18_Weights, get_model
 from typer.testing import CliRunner
 
 from camcli.cli import app
 from camcli.errors import WeightsUnavailableError
 from camcli.models import load_model
+from conftest import random_image
 
 runner = CliRunner()
 
