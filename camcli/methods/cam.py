@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from camcli.errors import UsageError
-from camcli.methods.base import CamMethod
+from camcli.methods.base import CamContext, CamMethod, combine
 
 
 class CAM(CamMethod):
@@ -61,8 +61,18 @@ class CAM(CamMethod):
         return nn.functional.conv2d(activation, weight[:, :, None, None]).float()
 
     def compute(
-        self, activation: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor
+        self,
+        activation: torch.Tensor,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        context: CamContext | None = None,
     ) -> torch.Tensor:
         assert self.linear is not None, "check() must run first"
         weight = self.linear.weight[targets].to(activation.dtype)  # (N, T, C)
+        if context is not None and context.eigen_smooth:
+            maps = [
+                combine(weight[:, t, :, None, None] * activation, eigen_smooth=True)
+                for t in range(targets.shape[1])
+            ]
+            return torch.stack(maps, dim=1).float()
         return torch.einsum("ntc,nchw->nthw", weight, activation).float()
