@@ -26,7 +26,10 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 SIZE = 64
 CLASSES = 10
 # (architecture, layer for gradient methods, small layer for the forward-heavy ones)
-ARCHS = {"resnet18": ("layer4", "layer1"), "regnet_x_400mf": ("trunk_output", "trunk_output.block1")}
+ARCHS = {
+    "resnet18": ("layer4", "layer1"),
+    "regnet_x_400mf": ("trunk_output", "trunk_output.block1"),
+}
 
 
 def _model(arch: str) -> nn.Module:
@@ -46,7 +49,9 @@ def setup(request):
 
 
 def _loaded(model: nn.Module, arch: str) -> LoadedModel:
-    return LoadedModel(model, arch, None, Preprocess(SIZE, SIZE), None, torch.device("cpu"), CLASSES)
+    return LoadedModel(
+        model, arch, None, Preprocess(SIZE, SIZE), None, torch.device("cpu"), CLASSES
+    )
 
 
 def ours(setup, method: str, layer: str, **options) -> np.ndarray:
@@ -64,7 +69,7 @@ def ours(setup, method: str, layer: str, **options) -> np.ndarray:
 
 def gradcam_raw(setup, cam_class, layer: str, eigen_smooth: bool = False) -> np.ndarray:
     """pytorch-grad-cam's per-layer map before upsampling: ``get_cam_image`` then its ReLU."""
-    arch, model, x, classes = setup
+    _arch, model, x, classes = setup
     module = dict(model.named_modules())[layer]
     cam = cam_class(model=model, target_layers=[module])
     try:
@@ -87,7 +92,7 @@ def gradcam_raw(setup, cam_class, layer: str, eigen_smooth: bool = False) -> np.
 
 
 def torchcam_raw(setup, cam_class, layer: str, **kwargs) -> np.ndarray:
-    arch, model, x, classes = setup
+    _arch, model, x, classes = setup
     with cam_class(model, layer, input_shape=(3, SIZE, SIZE), **kwargs) as extractor:
         scores = model(x)
         cams = extractor(class_idx=classes, scores=scores, normalized=False)
@@ -219,7 +224,7 @@ def test_eigen_methods_match_pytorch_grad_cam_up_to_the_svd_sign(setup, method, 
     """Equal to pytorch-grad-cam's projection once its arbitrary SVD sign is fixed the way
     camcli fixes it: the signed projection correlates positively with the plain channel sum
     (of ``A`` for Eigen-CAM, of ``G * A`` for Eigen-Grad-CAM)."""
-    arch, model, x, classes = setup
+    arch, model, x, _classes = setup
     layer = ARCHS[arch][0]
     mine = ours(setup, method, layer)
     signed = gradcam_raw(setup, getattr(pytorch_grad_cam, reference), layer)
@@ -247,7 +252,7 @@ def test_eigen_smooth_matches_pytorch_grad_cam(setup):
 
 
 def test_cam_matches_torchcam(setup):
-    arch, model, x, classes = setup
+    arch = setup[0]
     layer = ARCHS[arch][0]
     ref = torchcam_raw(setup, torchcam_methods.CAM, layer)
     assert_close(ours(setup, "cam", layer), ref)

@@ -12,6 +12,9 @@ from camcli.methods.base import CamContext, CamMethod, combine
 class CAM(CamMethod):
     """``M_c = sum_k w_k^c A_k``: the head's linear weights for class c times the feature maps.
 
+    Zhou et al. 2016, "Learning Deep Features for Discriminative Localization",
+    arXiv:1512.04150.
+
     Needs a head that is global average pooling followed by one linear layer (dropout and
     flatten in between are fine), so that ``logits = W mean_hw(A) + b``. For all classes at
     once this is a 1x1 convolution of ``A`` with ``W``; no gradient is needed. The raw map has
