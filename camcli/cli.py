@@ -157,6 +157,29 @@ def run(
     batch_size: Annotated[
         int, typer.Option("--batch-size", "-b", help="Images per forward pass.", min=1)
     ] = 16,
+    aug_smooth: Annotated[
+        bool,
+        typer.Option(
+            "--aug-smooth",
+            help="Average the maps of flipped and rescaled copies (6 passes per image).",
+        ),
+    ] = False,
+    eigen_smooth: Annotated[
+        bool,
+        typer.Option(
+            "--eigen-smooth",
+            help="First principal component of the weighted activations instead of their sum.",
+        ),
+    ] = False,
+    chunk_size: Annotated[
+        int,
+        typer.Option(
+            "--chunk-size",
+            help="Extra forward passes run at once (Score-CAM family, Ablation-CAM, "
+            "Smooth Grad-CAM++).",
+            min=1,
+        ),
+    ] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     skip_existing: Annotated[
         bool, typer.Option(help="Skip inputs whose outputs all exist (resume a run).")
@@ -198,6 +221,9 @@ def run(
             device=device,
             quiet=quiet,
             json_lines=json_lines,
+            aug_smooth=aug_smooth,
+            eigen_smooth=eigen_smooth,
+            chunk_size=chunk_size,
         )
     except CamcliError as exc:
         _fail(exc)

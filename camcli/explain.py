@@ -15,7 +15,7 @@ from camcli.errors import UsageError
 from camcli.hooks import ActivationRecorder, first_tensor
 from camcli.layers import resolve_layer, trace_layers
 from camcli.methods import get_method_class
-from camcli.methods.base import CamMethod
+from camcli.methods.base import CamContext, CamMethod, Progress
 from camcli.models import LoadedModel
 
 
@@ -37,12 +37,19 @@ class Explanation:
 
     ``maps`` is (N, T, h, w) float32: the method's raw map at the layer's resolution (several
     layers: each upsampled to the model input size, then averaged). ``scores`` are softmax
-    probabilities of ``class_indices``.
+    probabilities of ``class_indices``. Pixel-space methods (guided backprop) also give
+    ``saliency`` (N, T, 3, H, W) at the model input size, and their ``maps`` are at that size.
     """
 
     maps: np.ndarray
     class_indices: np.ndarray
     scores: np.ndarray
+    saliency: np.ndarray | None = None
+
+
+#: ``--aug-smooth``: every combination of a horizontal flip and an input scaling, as
+#: pytorch-grad-cam's default test-time augmentation (ttach HorizontalFlip x Multiply).
+AUGMENTATIONS = tuple((flip, factor) for flip in (False, True) for factor in (0.9, 1.0, 1.1))
 
 
 def _normalise_label(text: str) -> str:
@@ -133,14 +140,37 @@ def to_model_input(pixels: np.ndarray, loaded: LoadedModel) -> torch.Tensor:
 
 
 class Explainer:
-    """A model, a method and its layers, checked once; then ``explain(batch, targets)``."""
+    """A model, a method and its layers, checked once; then ``explain(batch, targets)``.
+
+    ``aug_smooth`` averages the maps of the flipped and scaled inputs (``AUGMENTATIONS``),
+    each mapped back onto the original pixels; ``eigen_smooth`` replaces the weighted channel
+    sum by its first principal component; ``chunk_size`` bounds the extra forward passes run
+    at once (Score-CAM family, Ablation-CAM, Smooth Grad-CAM++), and ``progress`` hears about
+    them.
+    """
 
     def __init__(
-        self, loaded: LoadedModel, method: str = "gradcam", layers: Sequence[str] | None = None
+        self,
+        loaded: LoadedModel,
+        method: str = "gradcam",
+        layers: Sequence[str] | None = None,
+        *,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+        chunk_size: int = 32,
+        progress: Progress | None = None,
     ) -> None:
         self.loaded = loaded
         model = loaded.model
         method_cls = get_method_class(method)
+        if chunk_size < 1:
+            raise UsageError("--chunk-size must be at least 1")
+        if eigen_smooth and not method_cls.supports_eigen_smooth:
+            raise UsageError(f"--eigen-smooth does not apply to {method_cls.name}")
+        self.aug_smooth = aug_smooth
+        self.eigen_smooth = eigen_smooth
+        self.chunk_size = chunk_size
+        self.progress = progress
         size = loaded.preprocess.crop_size
         if layers:
             names = list(dict.fromkeys(layers))
@@ -185,29 +215,89 @@ class Explainer:
             raise UsageError(f"layer {missing[0]!r} never ran during the forward pass")
         return recorder.activations, logits
 
-    def explain(self, batch: torch.Tensor, targets: Sequence[Target]) -> Explanation:
-        activations, logits = self._forward(batch)
-        class_indices = self._target_indices(logits, targets)
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits for the methods' extra passes, the model in eval mode while they run."""
+        with ActivationRecorder(self.loaded.model, {}, grad=False):
+            return extract_logits(self.loaded.model(batch))
+
+    def _maps(
+        self,
+        batch: torch.Tensor,
+        activations: dict[str, torch.Tensor],
+        logits: torch.Tensor,
+        class_indices: torch.Tensor,
+        at_input_size: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One pass of the method over every layer: (maps, colour saliency or None)."""
+        context = CamContext(
+            model=self.loaded.model,
+            batch=batch,
+            forward=self._logits,
+            chunk_size=self.chunk_size,
+            eigen_smooth=self.eigen_smooth,
+            progress=self.progress,
+        )
+        maps = []
         with torch.inference_mode(not self.method.needs_grad):
-            maps = [
-                self.method.compute(activation, logits, class_indices)
-                for activation in activations.values()
-            ]
+            for name, activation in activations.items():
+                context.layer, context.module = name, self.layers[name]
+                maps.append(self.method.compute(activation, logits, class_indices, context))
         with torch.inference_mode():
-            if len(maps) == 1:
+            size = tuple(batch.shape[-2:])
+            if len(maps) == 1 and (not at_input_size or tuple(maps[0].shape[-2:]) == size):
                 combined = maps[0]
             else:
-                size = tuple(batch.shape[-2:])
                 combined = torch.stack(
                     [nn.functional.interpolate(m, size=size, mode="bilinear") for m in maps]
                 ).mean(0)
+            parts = context.cache.get("saliency")
+            saliency = torch.stack(parts).mean(0) if parts else None
+        return combined, saliency
+
+    def explain(self, batch: torch.Tensor, targets: Sequence[Target]) -> Explanation:
+        activations, logits = self._forward(batch)
+        class_indices = self._target_indices(logits, targets)
+        if not self.aug_smooth:
+            combined, saliency = self._maps(batch, activations, logits, class_indices, False)
+        else:
+            del activations
+            combined, saliency = self._augmented(batch, class_indices)
+        with torch.inference_mode():
             probs = torch.softmax(logits.detach().float(), dim=1)
             scores = probs.gather(1, class_indices)
             return Explanation(
                 maps=combined.detach().float().cpu().numpy(),
                 class_indices=class_indices.cpu().numpy(),
                 scores=scores.cpu().numpy(),
+                saliency=None if saliency is None else saliency.float().cpu().numpy(),
             )
+
+    def _augmented(
+        self, batch: torch.Tensor, class_indices: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The mean over ``AUGMENTATIONS`` of the maps at the input size, each flipped back.
+
+        The classes explained stay those of the original image; raw maps are averaged (not
+        each normalised first, as pytorch-grad-cam does), so they stay in the method's units.
+        """
+        maps_sum: torch.Tensor | None = None
+        saliency_sum: torch.Tensor | None = None
+        for flip, factor in AUGMENTATIONS:
+            augmented = batch * factor
+            if flip:
+                augmented = augmented.flip(-1)
+            activations, logits = self._forward(augmented)
+            maps, saliency = self._maps(augmented, activations, logits, class_indices, True)
+            with torch.inference_mode():
+                if flip:
+                    maps = maps.flip(-1)
+                    saliency = None if saliency is None else saliency.flip(-1)
+                maps_sum = maps if maps_sum is None else maps_sum + maps
+                if saliency is not None:
+                    saliency_sum = saliency if saliency_sum is None else saliency_sum + saliency
+        assert maps_sum is not None
+        count = len(AUGMENTATIONS)
+        return maps_sum / count, None if saliency_sum is None else saliency_sum / count
 
     @staticmethod
     def _target_indices(logits: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
@@ -232,8 +322,18 @@ def explain(
     layers: Sequence[str] | None = None,
     targets: Sequence[str] = ("top1",),
     top_k: int | None = None,
+    aug_smooth: bool = False,
+    eigen_smooth: bool = False,
+    chunk_size: int = 32,
 ) -> Explanation:
     """One-shot helper: explain a normalised (N, 3, H, W) batch."""
-    explainer = Explainer(loaded, method=method, layers=layers)
+    explainer = Explainer(
+        loaded,
+        method=method,
+        layers=layers,
+        aug_smooth=aug_smooth,
+        eigen_smooth=eigen_smooth,
+        chunk_size=chunk_size,
+    )
     parsed = parse_targets(targets, top_k, loaded.labels, loaded.num_classes)
     return explainer.explain(batch.to(loaded.device), parsed)

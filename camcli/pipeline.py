@@ -20,7 +20,7 @@ import numpy as np
 from camcli.errors import CamcliError, InputError
 from camcli.explain import Explainer, Target, to_model_input
 from camcli.images import Box, load_image, model_view
-from camcli.render import overlay
+from camcli.render import overlay, saliency_images
 from camcli.sources import Source
 from camcli.writers import (
     ManifestWriter,
@@ -64,14 +64,20 @@ class _Loaded:
 
 
 class _Plan:
-    """The outputs one source will have: per target, per format."""
+    """The outputs one source will have: per target, per format.
 
-    def __init__(self, source: Source, config: RunConfig, method: str, targets: Sequence[Target]):
+    Pixel-space methods (guided backprop) write, per image format, the colour saliency as
+    ``<rel>.<method>.<tag>.<fmt>`` and the gray one as ``<rel>.<method>.<tag>.gray.<fmt>``.
+    """
+
+    def __init__(self, source: Source, config: RunConfig, method: str, targets: Sequence[Target],
+                 pixel_space: bool = False):  # fmt: skip
         self.source = source
+        formats = list(config.formats)
+        if pixel_space:
+            formats += [f"gray.{f}" for f in config.formats if f != "npy"]
         self.paths = {
-            t.tag: {
-                f: output_path(config.out, source.rel, method, t.tag, f) for f in config.formats
-            }
+            t.tag: {f: output_path(config.out, source.rel, method, t.tag, f) for f in formats}
             for t in targets
         }
 
@@ -103,6 +109,7 @@ class Pipeline:
         self.on_progress = on_progress
         self.keep_image = any(f in ("jpg", "png") for f in config.formats)
         self.layer = "+".join(explainer.layer_names)
+        self.pixel_space = explainer.method.pixel_space
 
     def _base(self, source: Source) -> Record:
         return {
@@ -130,16 +137,22 @@ class Pipeline:
         return records
 
     def _write(self, item: _Loaded, plan: _Plan, maps: np.ndarray, classes: np.ndarray,
-               scores: np.ndarray) -> list[Record]:  # fmt: skip
+               scores: np.ndarray, saliency: np.ndarray | None = None) -> list[Record]:  # fmt: skip
         records = []
         loaded = self.explainer.loaded
         try:
             for t, target in enumerate(self.targets):
                 cam = maps[t]
                 outputs = []
+                pictures = None
+                if saliency is not None and item.image is not None:
+                    pictures = saliency_images(saliency[t], item.box, item.image.shape[:2])
                 for fmt, path in plan.paths[target.tag].items():
                     if fmt == "npy":
                         data = encode_npy(cam)
+                    elif pictures is not None:
+                        gray = fmt.startswith("gray.")
+                        data = encode_image(pictures[1] if gray else pictures[0], fmt[-3:])
                     else:
                         assert item.image is not None
                         rgb = overlay(item.image, cam, item.box, alpha=self.config.alpha,
@@ -214,7 +227,7 @@ class Pipeline:
             source = next(feed, None)
             if source is None:
                 return False
-            plan = _Plan(source, self.config, method, self.targets)
+            plan = _Plan(source, self.config, method, self.targets, self.pixel_space)
             if self.config.skip_existing and plan.all_exist():
                 ahead.append((plan, self._skipped(plan, previous)))
             else:
@@ -255,9 +268,16 @@ class Pipeline:
                 self._error(plan.source, f"{plan.source.path}: model failed ({reason})")
                 for plan, _ in good
             ]
+        saliency = result.saliency
         return [
             pool.submit(
-                self._write, item, plan, result.maps[i], result.class_indices[i], result.scores[i]
+                self._write,
+                item,
+                plan,
+                result.maps[i],
+                result.class_indices[i],
+                result.scores[i],
+                None if saliency is None else saliency[i],
             )
             for i, (plan, item) in enumerate(good)
         ]

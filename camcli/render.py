@@ -83,3 +83,27 @@ def overlay(
     heat = cv2.applyColorMap(levels, colormap_lut(colormap))
     out[rows, cols] = cv2.addWeighted(image[rows, cols], 1.0 - alpha, heat, alpha, 0.0)
     return out
+
+
+def saliency_images(
+    saliency: np.ndarray, box: Box, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-space saliency (3, h, w) -> (colour RGB, gray) uint8 images of ``shape``.
+
+    Colour: each channel centred on its mean, scaled by 0.1 / std around mid-gray and clipped
+    (pytorch-grad-cam's ``deprocess_image``), so zero evidence is gray. Gray: ``max_rgb |R|``
+    divided by its peak. Both are resampled onto exactly the region the model saw, like
+    overlays; pixels outside it are mid-gray (colour) or black (gray).
+    """
+    rgb = np.nan_to_num(saliency.astype(np.float32, copy=False))
+    centred = (rgb - rgb.mean()) / (rgb.std() + 1e-5) * 0.1 + 0.5
+    colour = np.full((*shape, 3), 128, dtype=np.uint8)
+    gray = np.zeros(shape, dtype=np.uint8)
+    regions = [upsample(np.clip(c, 0.0, 1.0), box, shape) for c in centred]
+    region, rows, cols = regions[0]
+    if region.size:
+        stacked = np.stack([r for r, _, _ in regions], axis=-1)
+        colour[rows, cols] = np.clip(stacked * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        level, _, _ = upsample(normalise(np.abs(rgb).max(axis=0)), box, shape)
+        gray[rows, cols] = np.clip(level * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return colour, gray

@@ -65,6 +65,9 @@ def run_images(
     device: str = "auto",
     quiet: bool = False,
     json_lines: bool = False,
+    aug_smooth: bool = False,
+    eigen_smooth: bool = False,
+    chunk_size: int = 32,
 ) -> int:
     """Explain every image in ``paths`` and write the outputs; returns the exit code.
 
@@ -85,7 +88,22 @@ def run_images(
         fit=fit,
         progress=not quiet and console.is_terminal,
     )
-    explainer = Explainer(loaded, method=method, layers=layers)
+    passes: list = []  # the progress task for the methods' extra passes, made on first use
+
+    def on_passes(done: int, total: int) -> None:
+        if not passes:
+            passes.append(progress.add_task("  forward passes", total=total))
+        progress.update(passes[0], completed=done, total=total)
+
+    explainer = Explainer(
+        loaded,
+        method=method,
+        layers=layers,
+        aug_smooth=aug_smooth,
+        eigen_smooth=eigen_smooth,
+        chunk_size=chunk_size,
+        progress=on_passes,
+    )
     parsed = parse_targets(targets, top_k, loaded.labels, loaded.num_classes)
 
     progress = Progress(

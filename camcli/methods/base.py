@@ -2,22 +2,76 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from camcli.hooks import ActivationRecorder
+
+Progress = Callable[[int, int], None]  # (passes done, passes in all) for one batch's extra work
+
+
+@dataclass
+class CamContext:
+    """What a method may need beyond one layer's activation: the model, its input, options.
+
+    ``batch`` is the normalised model input (N, 3, H, W) the activation came from; ``forward``
+    maps such a batch to logits (N, K). ``chunk_size`` bounds how many extra forward passes run
+    at once (Score-CAM, Ablation-CAM, smoothing); ``progress`` is told after each chunk.
+    ``cache`` is shared by every layer of one explanation (guided backprop is layer-free).
+    """
+
+    model: nn.Module
+    batch: torch.Tensor
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    layer: str = ""
+    module: nn.Module | None = None
+    chunk_size: int = 32
+    eigen_smooth: bool = False
+    progress: Progress | None = None
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def record(self, batch: torch.Tensor, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(activation at this context's layer, logits) for another input batch.
+
+        With ``grad`` the activation is a leaf of a graph that reaches the logits, as in the
+        main forward pass; otherwise everything runs under ``inference_mode``.
+        """
+        assert self.module is not None, "record() needs the context's layer"
+        layers = {self.layer: self.module}
+        mode = torch.no_grad() if grad else torch.inference_mode()
+        with ActivationRecorder(self.model, layers, grad=grad) as recorder, mode:
+            logits = self.forward(batch)
+        return recorder.activations[self.layer], logits
+
+    def chunks(self, total: int) -> Iterator[slice]:
+        """Slices of ``range(total)`` of at most ``chunk_size``, reporting progress after each."""
+        size = max(1, int(self.chunk_size))
+        for start in range(0, total, size):
+            stop = min(total, start + size)
+            yield slice(start, stop)
+            if self.progress is not None:
+                self.progress(stop, total)
 
 
 class CamMethod:
     """Turn one layer's activations (and, for gradient methods, the logits) into maps.
 
     ``compute`` gets the activation ``A`` of shape (N, C, H, W) recorded by the hooks, the
-    logits (N, K) and the target class indices (N, T), and returns raw maps (N, T, H, W) in
-    float32: the method's formula, after its ReLU, before any normalisation.
+    logits (N, K), the target class indices (N, T) and, from the explainer, a ``CamContext``;
+    it returns raw maps (N, T, H, W) in float32: the method's formula, after its ReLU, before
+    any normalisation. Pixel-space methods return maps at the model input size instead.
     """
 
     name: ClassVar[str]
     needs_grad: ClassVar[bool]
+    #: True for methods whose map lives on input pixels (guided backprop), not on a layer.
+    pixel_space: ClassVar[bool] = False
+    #: Whether ``--eigen-smooth`` (first principal component of ``w * A``) applies.
+    supports_eigen_smooth: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -26,7 +80,11 @@ class CamMethod:
         """Validate at setup, on a probe batch, that the method applies to this model/layer."""
 
     def compute(
-        self, activation: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor
+        self,
+        activation: torch.Tensor,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        context: CamContext | None = None,
     ) -> torch.Tensor:
         raise NotImplementedError
 
@@ -38,3 +96,92 @@ def class_scores(logits: torch.Tensor, targets: torch.Tensor, column: int) -> to
     of activations holds every image's own gradient.
     """
     return logits.gather(1, targets[:, column : column + 1]).sum()
+
+
+def principal_projection(weighted: torch.Tensor) -> torch.Tensor:
+    """First principal component of (N, C, H, W) as a signed (N, H, W) map (Eigen-CAM).
+
+    Each image's H*W positions are the samples and its C channels the features: centre the
+    channels, take the top right-singular vector ``v`` and project, ``(A - mean) v``. A
+    singular vector's sign is arbitrary, so it is oriented to correlate positively with the
+    channel sum (the plain, unsmoothed map); pytorch-grad-cam leaves the sign to the SVD.
+    """
+    n, c, h, w = weighted.shape
+    samples = weighted.float().reshape(n, c, h * w).transpose(1, 2)  # (N, HW, C)
+    samples = torch.nan_to_num(samples)
+    centred = samples - samples.mean(dim=1, keepdim=True)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    projection = torch.einsum("npc,nc->np", centred, vh[:, 0, :])
+    plain = samples.sum(dim=2)
+    agreement = ((projection - projection.mean(1, keepdim=True)) * plain).sum(dim=1)
+    sign = torch.where(agreement < 0, -1.0, 1.0).to(projection.dtype)
+    return (projection * sign[:, None]).reshape(n, h, w)
+
+
+def combine(weighted: torch.Tensor, eigen_smooth: bool) -> torch.Tensor:
+    """(N, C, H, W) weighted activations -> (N, H, W): the channel sum or, smoothed, their
+    first principal component (pytorch-grad-cam's ``eigen_smooth``)."""
+    if eigen_smooth:
+        return principal_projection(weighted)
+    return weighted.sum(dim=1)
+
+
+class GradientCam(CamMethod):
+    """Gradient methods that combine ``A`` with ``G = dS_c/dA`` into weighted activations.
+
+    Subclasses define ``weighted(A, G) -> (N, C, H, W)``; the map is
+    ``ReLU(sum_k weighted_k)`` (or its first principal component with ``--eigen-smooth``).
+    """
+
+    needs_grad = True
+    #: Always take the principal component (Eigen-Grad-CAM) rather than the channel sum.
+    eigen: ClassVar[bool] = False
+
+    def weighted(self, activation: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def gradients(
+        self, activation: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor
+    ) -> Iterator[torch.Tensor]:
+        """``dS_c/dA`` for each target column in turn, from one forward graph."""
+        count = targets.shape[1]
+        for column in range(count):
+            (grads,) = torch.autograd.grad(
+                class_scores(logits, targets, column), activation, retain_graph=column < count - 1
+            )
+            yield grads
+
+    def compute(
+        self,
+        activation: torch.Tensor,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        context: CamContext | None = None,
+    ) -> torch.Tensor:
+        eigen = self.eigen or (context is not None and context.eigen_smooth)
+        maps = []
+        for grads in self.gradients(activation, logits, targets):
+            with torch.no_grad():
+                weighted = self.weighted(activation.detach(), grads)
+                maps.append(torch.relu(combine(weighted, eigen)))
+        return torch.stack(maps, dim=1).float()
+
+
+def require_context(context: CamContext | None, name: str) -> CamContext:
+    if context is None:
+        raise TypeError(f"{name} runs extra forward passes and needs a CamContext")
+    return context
+
+
+def weighted_maps(
+    weights: torch.Tensor, activation: torch.Tensor, eigen_smooth: bool
+) -> torch.Tensor:
+    """``ReLU(sum_k w_k^c A_k)`` for per-image channel weights (N, C, T) -> (N, T, H, W)."""
+    activation = activation.float()
+    if not eigen_smooth:
+        return torch.relu(torch.einsum("nct,nchw->nthw", weights.float(), activation))
+    maps = [
+        combine(weights[:, :, t, None, None].float() * activation, eigen_smooth=True)
+        for t in range(weights.shape[2])
+    ]
+    return torch.relu(torch.stack(maps, dim=1))

@@ -6,11 +6,14 @@ import torch
 from torch import nn
 
 from camcli.errors import UsageError
-from camcli.methods.base import CamMethod
+from camcli.methods.base import CamContext, CamMethod, combine
 
 
 class CAM(CamMethod):
     """``M_c = sum_k w_k^c A_k``: the head's linear weights for class c times the feature maps.
+
+    Zhou et al. 2016, "Learning Deep Features for Discriminative Localization",
+    arXiv:1512.04150.
 
     Needs a head that is global average pooling followed by one linear layer (dropout and
     flatten in between are fine), so that ``logits = W mean_hw(A) + b``. For all classes at
@@ -86,10 +89,20 @@ class CAM(CamMethod):
         return nn.functional.conv2d(activation, weight[:, :, None, None]).float()
 
     def compute(
-        self, activation: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor
+        self,
+        activation: torch.Tensor,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        context: CamContext | None = None,
     ) -> torch.Tensor:
         assert self.linear is not None, "check() must run first"
         weight = self.linear.weight[targets].to(activation.dtype)  # (N, T, C)
+        if context is not None and context.eigen_smooth:
+            maps = [
+                combine(weight[:, t, :, None, None] * activation, eigen_smooth=True)
+                for t in range(targets.shape[1])
+            ]
+            return torch.stack(maps, dim=1).float()
         return torch.einsum("ntc,nchw->nthw", weight, activation).float()
 
 
