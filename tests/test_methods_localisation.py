@@ -61,9 +61,7 @@ def test_peak_inside_the_box_forward_heavy_methods(tiny_model, method):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", list(HEAVY))
-def test_peak_inside_the_box_forward_heavy_methods_full(tiny_model, method, request):
-    if "slow" not in (request.config.getoption("-m") or ""):
-        pytest.skip("about 7 minutes on 2 cores; run with -m slow")
+def test_peak_inside_the_box_forward_heavy_methods_full(tiny_model, method):
     attributes = {"samples": 8} if method == "sscam" else {}
     rate = hit_rate(tiny_model, method, HELD_OUT, **attributes)
     assert rate >= 0.9, f"{method}: {rate:.0%} of peaks in the box"
