@@ -32,6 +32,12 @@ class Format(str, Enum):
     npy = "npy"
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 class Fit(str, Enum):
     crop = "crop"
     stretch = "stretch"
@@ -158,6 +164,13 @@ def run(
         int, typer.Option("--batch-size", "-b", help="Images per forward pass.", min=1)
     ] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    precision: Annotated[
+        Precision,
+        typer.Option(
+            help="Forward pass under autocast: bf16 (fast on CPUs with AVX512-BF16/AMX and on "
+            "GPUs) or fp16 (GPUs). Maps are always computed in fp32."
+        ),
+    ] = Precision.fp32,
     skip_existing: Annotated[
         bool, typer.Option(help="Skip inputs whose outputs all exist (resume a run).")
     ] = False,
@@ -196,6 +209,7 @@ def run(
             fit=fit.value,
             input_size=input_size,
             device=device,
+            precision=precision.value,
             quiet=quiet,
             json_lines=json_lines,
         )

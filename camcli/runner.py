@@ -63,6 +63,7 @@ def run_images(
     fit: str = "crop",
     input_size: int | None = None,
     device: str = "auto",
+    precision: str = "fp32",
     quiet: bool = False,
     json_lines: bool = False,
 ) -> int:
@@ -85,7 +86,7 @@ def run_images(
         fit=fit,
         progress=not quiet and console.is_terminal,
     )
-    explainer = Explainer(loaded, method=method, layers=layers)
+    explainer = Explainer(loaded, method=method, layers=layers, precision=precision)
     parsed = parse_targets(targets, top_k, loaded.labels, loaded.num_classes)
 
     progress = Progress(
