@@ -360,7 +360,7 @@ def row_e2e(bench: Bench) -> None:
     """Whole-process wall time over a folder of JPEG photos, overlays at the original size."""
     count = 24 if bench.quick else 200
     photos = make_photos(bench.workdir / f"photos{count}", count)
-    repeats = 1 if bench.quick else min(bench.repeats, 3)
+    repeats = 1 if bench.quick else min(bench.repeats, 2)
     py = sys.executable
     out = bench.workdir / "out"
 
@@ -445,7 +445,7 @@ def row_memory(bench: Bench) -> None:
 
 def row_startup(bench: Bench) -> None:
     """``camcli --help``, and ``camcli run`` on one photo against import + build + forward."""
-    repeats = 3 if bench.quick else max(5, bench.repeats)
+    repeats = 3 if bench.quick else max(3, bench.repeats)
     photo = make_photos(bench.workdir / "photos1", 1)
     out = bench.workdir / "out-one"
     run_process([*_camcli(), "--help"])  # bytecode caches written once, as after an install
@@ -544,14 +544,14 @@ def render(bench: Bench, command: str, loads: tuple[str, str], started: str, ela
 
 
 def write_report(path: Path, section: str, device: str) -> None:
-    """Replace this device's section of ``path`` (other devices' sections are kept)."""
-    head = (
-        "# Benchmarks\n\nWritten by `benchmarks/bench.py`; see docs/performance.md for notes.\n\n"
-    )
+    """Replace this device's section of ``path``; the notes above and other devices are kept."""
+    head = "# Benchmarks\n\nWritten by `benchmarks/bench.py`.\n\n"
     sections: dict[str, str] = {}
     if path.exists():
         text = path.read_text()
-        for chunk in text.split("\n## Device: ")[1:]:
+        head, *chunks = text.split("\n## Device: ")
+        head = head.rstrip() + "\n\n"
+        for chunk in chunks:
             name = chunk.split("\n", 1)[0].strip()
             sections[name] = "## Device: " + chunk.rstrip() + "\n"
     sections[device] = section
@@ -589,8 +589,10 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # one broken row must not lose the others
             message = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             bench.add(name, "error", message.replace("|", "/"))
-    section = render(bench, command, (before, load_average()), started, time.perf_counter() - clock)
-    write_report(args.out, section, args.device)
+        # Written after every row, so an interrupted run still leaves what it measured.
+        elapsed = time.perf_counter() - clock
+        section = render(bench, command, (before, load_average()), started, elapsed)
+        write_report(args.out, section, args.device)
     print(f"wrote {args.out}")
     return 0
 
