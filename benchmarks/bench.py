@@ -98,16 +98,21 @@ def _camcli() -> list[str]:
 
 
 def run_process(cmd: list[str]) -> tuple[float, int]:
-    """Wall time (s) and peak RSS (KiB) of one process, which must succeed."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.returncode != 0:
-        raise RuntimeError(f"{shlex.join(cmd)} exited {proc.returncode}: {err.strip()[-400:]}")
-    return elapsed, int(usage.ru_maxrss)
+    """Wall time (s) and peak RSS (KiB) of one process, which must succeed.
+
+    The peak comes from ``/usr/bin/time -f %M``: a child forked straight from this (large)
+    process would inherit its high-water mark in ``ru_maxrss``.
+    """
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        timed = ["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd]
+        start = time.perf_counter()
+        proc = subprocess.run(timed, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        elapsed = time.perf_counter() - start
+        if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip()[-400:]
+            raise RuntimeError(f"{shlex.join(cmd)} exited {proc.returncode}: {err}")
+        peak = int(Path(rss.name).read_text().split()[-1])
+    return elapsed, peak
 
 
 def process_median(bench: Bench, make_cmd: Callable[[int], list[str]], repeats: int) -> float:

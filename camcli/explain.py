@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -228,8 +229,8 @@ class Explainer:
         recorder = ActivationRecorder(
             self.loaded.model, self.layers, grad=grad, dtype=torch.float32 if low else None
         )
-        cast = torch.autocast(
-            self.loaded.device.type, dtype=low or torch.float32, enabled=bool(low)
+        cast = (
+            torch.autocast(self.loaded.device.type, dtype=low) if low else contextlib.nullcontext()
         )
         with recorder, mode, cast:
             logits = extract_logits(self.loaded.model(batch))
