@@ -48,12 +48,23 @@ class ActivationRecorder:
     recorded inside that graph. Downstream modules receive a fresh tensor built from the map,
     so an in-place op after the layer (DenseNet's ``relu(inplace=True)``) cannot change what
     was recorded.
+
+    With ``dtype`` (float32 under bf16/fp16 autocast) a floating activation is recorded in that
+    dtype and the rest of the forward runs from the recorded copy (autocast casts it down again
+    at the next matmul or convolution), so maps and gradients are computed in full precision.
     """
 
-    def __init__(self, model: nn.Module, layers: Mapping[str, nn.Module], grad: bool) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Mapping[str, nn.Module],
+        grad: bool,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         self.model = model
         self.layers = dict(layers)
         self.grad = grad
+        self.dtype = dtype
         self.activations: dict[str, torch.Tensor] = {}
         self._input_hw: tuple[int, int] | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -69,6 +80,8 @@ class ActivationRecorder:
             tensor = first_tensor(output)
             if tensor is None:
                 raise TypeError(f"layer {name!r} produced no tensor ({type(output).__name__})")
+            if self.dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(self.dtype)
             layout = spatial_layout(tensor.shape, self._input_hw)
             if not self.grad:
                 self.activations[name] = tensor if layout is None else layout.to_spatial(tensor)

@@ -75,11 +75,13 @@ def overlay(
 
     Pixels outside the region the model saw are left as they are.
     """
-    region, rows, cols = upsample(normalise(cam), box, image.shape[:2])
+    # Scaled to 0..255 on the small map; bilinear weights sum to 1, so the region stays in
+    # range and one saturating, rounding conversion gives the colormap levels.
+    region, rows, cols = upsample(normalise(cam) * 255.0, box, image.shape[:2])
     out = image.copy()
     if region.size == 0:
         return out
-    levels = np.clip(region * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    levels = cv2.convertScaleAbs(region)
     heat = cv2.applyColorMap(levels, colormap_lut(colormap))
     out[rows, cols] = cv2.addWeighted(image[rows, cols], 1.0 - alpha, heat, alpha, 0.0)
     return out

@@ -63,6 +63,7 @@ def run_images(
     fit: str = "crop",
     input_size: int | None = None,
     device: str = "auto",
+    precision: str = "fp32",
     quiet: bool = False,
     json_lines: bool = False,
     aug_smooth: bool = False,
@@ -103,6 +104,7 @@ def run_images(
         eigen_smooth=eigen_smooth,
         chunk_size=chunk_size,
         progress=on_passes,
+        precision=precision,
     )
     parsed = parse_targets(targets, top_k, loaded.labels, loaded.num_classes)
 

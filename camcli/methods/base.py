@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -98,6 +99,40 @@ def class_scores(logits: torch.Tensor, targets: torch.Tensor, column: int) -> to
     return logits.gather(1, targets[:, column : column + 1]).sum()
 
 
+def target_gradients(
+    activation: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """``dS_c / dA`` for each of the T target columns: (T, N, C, H, W), in one backward pass.
+
+    The T backward passes are batched with ``vmap`` (``is_grads_batched``): one-hot rows of the
+    logits' gradient select each image's class. An op without a batching rule falls back to one
+    backward per target.
+    """
+    count = targets.shape[1]
+    if count > 1:
+        onehot = torch.zeros((count, *logits.shape), dtype=logits.dtype, device=logits.device)
+        onehot.scatter_(2, targets.t().unsqueeze(2), 1.0)
+        try:
+            with warnings.catch_warnings():
+                # vmap's "performance drop" notice for ops without a batching rule: still right.
+                warnings.simplefilter("ignore", UserWarning)
+                (grads,) = torch.autograd.grad(
+                    logits, activation, grad_outputs=onehot, is_grads_batched=True,
+                    retain_graph=True,
+                )  # fmt: skip
+            return grads
+        except RuntimeError:
+            pass
+    return torch.stack(
+        [
+            torch.autograd.grad(
+                class_scores(logits, targets, column), activation, retain_graph=column < count - 1
+            )[0]
+            for column in range(count)
+        ]
+    )
+
+
 def principal_projection(weighted: torch.Tensor) -> torch.Tensor:
     """First principal component of (N, C, H, W) as a signed (N, H, W) map (Eigen-CAM).
 
@@ -144,12 +179,7 @@ class GradientCam(CamMethod):
         self, activation: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor
     ) -> Iterator[torch.Tensor]:
         """``dS_c/dA`` for each target column in turn, from one forward graph."""
-        count = targets.shape[1]
-        for column in range(count):
-            (grads,) = torch.autograd.grad(
-                class_scores(logits, targets, column), activation, retain_graph=column < count - 1
-            )
-            yield grads
+        yield from target_gradients(activation, logits, targets)
 
     def compute(
         self,
@@ -162,7 +192,7 @@ class GradientCam(CamMethod):
         maps = []
         for grads in self.gradients(activation, logits, targets):
             with torch.no_grad():
-                weighted = self.weighted(activation.detach(), grads)
+                weighted = self.weighted(activation.detach().float(), grads.float())
                 maps.append(torch.relu(combine(weighted, eigen)))
         return torch.stack(maps, dim=1).float()
 

@@ -1,0 +1,606 @@
+"""camcli against pytorch-grad-cam, torchcam and a plain forward pass, in one run (issue 5).
+
+Every row is measured independently (one failing row prints its error and the others go on);
+timings are medians of ``--repeats`` runs after a warm-up run. Writes the table, the machine
+description and the exact command to ``docs/benchmarks.md``.
+
+    python benchmarks/bench.py                  # the full benchmark (tens of minutes on 2 cores)
+    python benchmarks/bench.py --quick          # a smoke run: small sizes, one repeat
+    python benchmarks/bench.py --rows gradcam,bf16 --device cuda
+
+pytorch-grad-cam and torchcam are benchmark/test-only dependencies (the ``test`` extra).
+Models use random weights (``weights=None``): the cost is the same as with trained weights
+and nothing has to be downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROWS = ("gradcam", "bf16", "topk", "cam_all", "scorecam", "e2e", "memory", "startup")
+
+
+@dataclass
+class Line:
+    """One line of the table: what was measured, the figure, and the target it is held to."""
+
+    row: str
+    what: str
+    value: str
+    target: str = ""
+    ok: bool | None = None
+
+
+@dataclass
+class Bench:
+    device: str
+    repeats: int
+    quick: bool
+    workdir: Path
+    lines: list[Line] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, *args, **kwargs) -> None:
+        line = Line(*args, **kwargs)
+        self.lines.append(line)
+        mark = {True: "ok", False: "MISSED", None: ""}[line.ok]
+        print(f"  {line.what:<58} {line.value:>22}  {line.target:<12} {mark}", flush=True)
+
+    def sync(self) -> None:
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+
+    def median_time(
+        self, fn: Callable[[], object], repeats: int | None = None, warmup: bool = True
+    ) -> float:
+        """Median wall time of ``fn`` over ``repeats`` runs, after one warm-up run."""
+        if warmup:
+            fn()
+            self.sync()
+        times = []
+        for _ in range(repeats or self.repeats):
+            start = time.perf_counter()
+            fn()
+            self.sync()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+
+def _env() -> dict[str, str]:
+    """The environment of a real user: bytecode caches allowed, no test-only variables."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def _camcli() -> list[str]:
+    script = Path(sys.executable).parent / "camcli"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "camcli"]
+
+
+def run_process(cmd: list[str]) -> tuple[float, int]:
+    """Wall time (s) and peak RSS (KiB) of one process, which must succeed.
+
+    The peak comes from ``/usr/bin/time -f %M``: a child forked straight from this (large)
+    process would inherit its high-water mark in ``ru_maxrss``.
+    """
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        timed = ["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd]
+        start = time.perf_counter()
+        proc = subprocess.run(timed, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        elapsed = time.perf_counter() - start
+        if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip()[-400:]
+            raise RuntimeError(f"{shlex.join(cmd)} exited {proc.returncode}: {err}")
+        peak = int(Path(rss.name).read_text().split()[-1])
+    return elapsed, peak
+
+
+def process_median(bench: Bench, make_cmd: Callable[[int], list[str]], repeats: int) -> float:
+    """Median wall time of a whole process over ``repeats`` runs (each gets a fresh call)."""
+    return statistics.median(run_process(make_cmd(i))[0] for i in range(repeats))
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def _loaded(bench: Bench, name: str):
+    import torch
+
+    from camcli.models import load_model
+
+    torch.manual_seed(0)
+    return load_model(name, weights="none", device=bench.device, progress=False)
+
+
+def _twin(loaded):
+    """A fresh copy of the loaded model in its default form (NCHW, fp32), for the references."""
+    return copy.deepcopy(loaded.model).eval()
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+# --- rows -------------------------------------------------------------------------------------
+
+
+def row_gradcam(bench: Bench) -> None:
+    """Grad-CAM model step on resnet50, batch 16 (4 with --quick), 224 px."""
+    import torch
+    from pytorch_grad_cam import GradCAM as PgcGradCAM
+    from torchcam.methods import GradCAM as TcGradCAM
+
+    from camcli.explain import Explainer, Target
+
+    n = 4 if bench.quick else 16
+    loaded = _loaded(bench, "resnet50")
+    plain, pgc_model, tc_model = _twin(loaded), _twin(loaded), _twin(loaded)
+    x = torch.randn(n, 3, 224, 224, device=bench.device)
+
+    def forward():
+        with torch.inference_mode():
+            plain(x)
+
+    explainer = Explainer(loaded, "gradcam")
+    top1 = [Target(rank=1)]
+    pgc = PgcGradCAM(model=pgc_model, target_layers=[pgc_model.layer4[-1]])
+    tc = TcGradCAM(tc_model, "layer4")
+
+    def torchcam_step():
+        scores = tc_model(x)
+        tc(class_idx=scores.argmax(1).tolist(), scores=scores)
+
+    t_fwd = bench.median_time(forward)
+    t_cam = bench.median_time(lambda: explainer.explain(x, top1))
+    t_pgc = bench.median_time(lambda: pgc(input_tensor=x, targets=None))
+    t_tc = bench.median_time(torchcam_step)
+    tc.remove_hooks()
+    tag = f"resnet50 b{n}"
+    bench.add(
+        "gradcam", f"plain forward, inference_mode, NCHW fp32 ({tag})", f"{n / t_fwd:.2f} img/s"
+    )
+    bench.add("gradcam", f"camcli Grad-CAM ({tag})", f"{n / t_cam:.2f} img/s")
+    bench.add("gradcam", f"pytorch-grad-cam GradCAM ({tag})", f"{n / t_pgc:.2f} img/s")
+    bench.add("gradcam", f"torchcam GradCAM ({tag})", f"{n / t_tc:.2f} img/s")
+    bench.add(
+        "gradcam",
+        "camcli / pytorch-grad-cam",
+        f"{t_pgc / t_cam:.2f}x",
+        ">= 2.5x",
+        t_pgc / t_cam >= 2.5,
+    )
+    bench.add(
+        "gradcam", "camcli / torchcam", f"{t_tc / t_cam:.2f}x", ">= 1.0x", t_tc / t_cam >= 1.0
+    )
+    bench.add(
+        "gradcam",
+        "camcli / plain forward",
+        f"{t_fwd / t_cam:.2f}x",
+        ">= 1.3x",
+        t_fwd / t_cam >= 1.3,
+    )
+
+
+def row_bf16(bench: Bench) -> None:
+    """camcli with --precision bf16 (fp16 on CUDA) against camcli fp32: speed and map agreement."""
+    import torch
+
+    from camcli.explain import Explainer, Target
+
+    precision = "fp16" if bench.device.startswith("cuda") else "bf16"
+    n = 4 if bench.quick else 16
+    loaded = _loaded(bench, "resnet50")
+    x = torch.randn(n, 3, 224, 224, device=bench.device)
+    top1 = [Target(rank=1)]
+    full = Explainer(loaded, "gradcam")
+    low = Explainer(loaded, "gradcam", precision=precision)
+    t_full = bench.median_time(lambda: full.explain(x, top1))
+    t_low = bench.median_time(lambda: low.explain(x, top1))
+    # The same classes for both, so the maps compare like with like.
+    fixed = [Target(index=int(i)) for i in full.explain(x, top1).class_indices[:1, 0]]
+    r = _pearson(full.explain(x, fixed).maps, low.explain(x, fixed).maps)
+    bench.add("bf16", f"camcli Grad-CAM fp32 (resnet50 b{n})", f"{n / t_full:.2f} img/s")
+    bench.add("bf16", f"camcli Grad-CAM {precision} (resnet50 b{n})", f"{n / t_low:.2f} img/s")
+    bench.add(
+        "bf16",
+        f"{precision} / fp32 throughput",
+        f"{t_full / t_low:.2f}x",
+        ">= 2.5x",
+        t_full / t_low >= 2.5,
+    )
+    bench.add("bf16", f"Pearson r, {precision} maps vs fp32 maps", f"{r:.4f}", ">= 0.99", r >= 0.99)
+
+
+def row_topk(bench: Bench) -> None:
+    """Top-5 Grad-CAM maps in one call against top-1."""
+    import torch
+
+    from camcli.explain import Explainer, Target
+
+    n = 4 if bench.quick else 16
+    loaded = _loaded(bench, "resnet50")
+    x = torch.randn(n, 3, 224, 224, device=bench.device)
+    explainer = Explainer(loaded, "gradcam")
+    t1 = bench.median_time(lambda: explainer.explain(x, [Target(rank=1)]))
+    t5 = bench.median_time(lambda: explainer.explain(x, [Target(rank=r) for r in range(1, 6)]))
+    bench.add("topk", f"camcli Grad-CAM top-1 (resnet50 b{n})", f"{t1 * 1000:.0f} ms")
+    bench.add("topk", f"camcli Grad-CAM top-5, one call (resnet50 b{n})", f"{t5 * 1000:.0f} ms")
+    bench.add("topk", "top-5 time / top-1 time", f"{t5 / t1:.2f}x", "<= 1.3x", t5 / t1 <= 1.3)
+
+
+def row_cam_all(bench: Bench) -> None:
+    """CAM maps for all 1000 classes (one 1x1 convolution) against the forward alone."""
+    import torch
+
+    from camcli.explain import Explainer
+
+    n = 4 if bench.quick else 16
+    loaded = _loaded(bench, "resnet50")
+    plain = _twin(loaded)
+    x = torch.randn(n, 3, 224, 224, device=bench.device)
+    explainer = Explainer(loaded, "cam")
+    layer = explainer.layer_names[0]
+    model = loaded.model  # channels-last, as camcli runs it
+
+    def all_maps():
+        activations, _logits = explainer._forward(x)
+        with torch.inference_mode():
+            maps = explainer.method.all_class_maps(activations[layer])
+        assert maps.shape[1] == 1000
+
+    def own_forward():
+        with torch.inference_mode():
+            model(x.contiguous(memory_format=torch.channels_last))
+
+    def plain_forward():
+        with torch.inference_mode():
+            plain(x)
+
+    t_all = bench.median_time(all_maps)
+    t_own = bench.median_time(own_forward)
+    t_plain = bench.median_time(plain_forward)
+    bench.add("cam_all", f"camcli CAM, all 1000 classes (resnet50 b{n})", f"{n / t_all:.2f} img/s")
+    bench.add("cam_all", "the same model's forward alone (channels-last)", f"{n / t_own:.2f} img/s")
+    bench.add(
+        "cam_all",
+        "all-class CAM time / forward time",
+        f"{t_all / t_own:.3f}x",
+        "<= 1.05x",
+        t_all / t_own <= 1.05,
+    )
+    bench.add("cam_all", "all-class CAM time / plain NCHW forward time", f"{t_all / t_plain:.3f}x")
+
+
+def row_scorecam(bench: Bench) -> None:
+    """Score-CAM on resnet18, one 224 px image: camcli against torchcam."""
+    import torch
+    from torchcam.methods import ScoreCAM
+
+    from camcli.explain import Explainer, Target
+    from camcli.methods import METHODS
+
+    loaded = _loaded(bench, "resnet18")
+    tc_model = _twin(loaded)
+    x = torch.randn(1, 3, 224, 224, device=bench.device)
+    tc = ScoreCAM(tc_model, "layer4")
+
+    def torchcam_step():
+        with torch.inference_mode():
+            scores = tc_model(x)
+        tc(class_idx=scores.argmax(1).tolist(), scores=scores)
+
+    # torchcam's Score-CAM runs 512 masked forward passes: a minute a call on 2 cores.
+    repeats = 1 if bench.quick else min(bench.repeats, 2)
+    t_tc = bench.median_time(torchcam_step, repeats, warmup=not bench.quick)
+    tc.remove_hooks()
+    bench.add("scorecam", "torchcam ScoreCAM (resnet18, 1 image)", f"{t_tc * 1000:.0f} ms")
+    if "scorecam" not in METHODS:
+        bench.add(
+            "scorecam", "camcli Score-CAM (resnet18, 1 image)", "not available", ">= 2x", None
+        )
+        return
+    explainer = Explainer(loaded, "scorecam")
+    t_cam = bench.median_time(lambda: explainer.explain(x, [Target(rank=1)]), repeats)
+    bench.add("scorecam", "camcli Score-CAM (resnet18, 1 image)", f"{t_cam * 1000:.0f} ms")
+    bench.add(
+        "scorecam",
+        "camcli speed-up over torchcam",
+        f"{t_tc / t_cam:.2f}x",
+        ">= 2x",
+        t_tc / t_cam >= 2,
+    )
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def make_photos(folder: Path, count: int, seed: int = 0) -> Path:
+    """``count`` JPEG photos of mixed sizes (320-2000 px long side) cut from sample_images/."""
+    from PIL import Image
+
+    marker = folder / f".made-{count}-{seed}"
+    if marker.exists():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    sources = sorted(p for p in (ROOT / "sample_images").iterdir() if p.suffix in (".jpg", ".png"))
+    photos = [Image.open(p).convert("RGB") for p in sources]
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        w, h = photo.size
+        # A random crop of 60-100% of each side (so aspect ratios vary), then resized.
+        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
+        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        crop = photo.crop((x0, y0, x0 + cw, y0 + ch))
+        long_side = int(rng.integers(320, 2001))
+        scale = long_side / max(cw, ch)
+        size = (max(1, round(cw * scale)), max(1, round(ch * scale)))
+        crop.resize(size, Image.Resampling.BICUBIC).save(folder / f"photo{i:04d}.jpg", quality=90)
+    marker.touch()
+    return folder
+
+
+def row_e2e(bench: Bench) -> None:
+    """Whole-process wall time over a folder of JPEG photos, overlays at the original size."""
+    count = 24 if bench.quick else 200
+    photos = make_photos(bench.workdir / f"photos{count}", count)
+    repeats = 1 if bench.quick else min(bench.repeats, 2)
+    py = sys.executable
+    out = bench.workdir / "out"
+
+    def camcli_cmd(i: int) -> list[str]:
+        shutil.rmtree(out, ignore_errors=True)
+        return [*_camcli(), "run", str(photos), "-o", str(out), "--weights", "none", "-q",
+                "--device", bench.device]  # fmt: skip
+
+    def forward_cmd(i: int) -> list[str]:
+        return [py, str(HERE / "baseline_forward.py"), str(photos), bench.device]
+
+    def pgc_cmd(i: int) -> list[str]:
+        shutil.rmtree(out, ignore_errors=True)
+        return [py, str(HERE / "baseline_pgc_loop.py"), str(photos), str(out), bench.device]
+
+    t_cam = process_median(bench, camcli_cmd, repeats)
+    written = len(list(out.rglob("*.jpg")))
+    if written != count:
+        raise RuntimeError(f"camcli wrote {written} overlays for {count} photos")
+    t_fwd = process_median(bench, forward_cmd, repeats)
+    t_pgc = process_median(bench, pgc_cmd, 1)  # minutes per run; far from the target
+    shutil.rmtree(out, ignore_errors=True)
+    bench.add("e2e", f"camcli run, {count} photos -> overlays (whole process)", f"{t_cam:.1f} s")
+    bench.add("e2e", "decode + transform + plain forward, batches of 16", f"{t_fwd:.1f} s")
+    bench.add("e2e", "pytorch-grad-cam README loop (per image)", f"{t_pgc:.1f} s")
+    bench.add(
+        "e2e",
+        "camcli time / decode+forward time",
+        f"{t_cam / t_fwd:.2f}x",
+        "<= 1.0x",
+        t_cam <= t_fwd,
+    )
+    bench.add(
+        "e2e",
+        "speed-up over the pytorch-grad-cam loop",
+        f"{t_pgc / t_cam:.2f}x",
+        ">= 2.5x",
+        t_pgc / t_cam >= 2.5,
+    )
+
+
+def _linked(folder: Path, photos: Path, count: int) -> Path:
+    """A folder of ``count`` hard links cycling over ``photos`` (no extra disk, same mix)."""
+    if (folder / f".made-{count}").exists():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    files = sorted(photos.glob("*.jpg"))
+    for i in range(count):
+        sub = folder / f"part{i // len(files)}"
+        sub.mkdir(parents=True, exist_ok=True)
+        os.link(files[i % len(files)], sub / files[i % len(files)].name)
+    (folder / f".made-{count}").touch()
+    return folder
+
+
+def row_memory(bench: Bench) -> None:
+    """Peak RSS of ``camcli run`` (resnet18, overlays) over 10x more photos."""
+    small, large = (20, 100) if bench.quick else (100, 1000)
+    photos = make_photos(bench.workdir / "photos200", 200)
+    out = bench.workdir / "out-mem"
+    peaks = {}
+    for count in (small, large):
+        folder = _linked(bench.workdir / f"linked{count}", photos, count)
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [*_camcli(), "run", str(folder), "-o", str(out), "--weights", "none", "-q",
+               "-m", "resnet18", "--device", bench.device]  # fmt: skip
+        _t, peaks[count] = run_process(cmd)
+    shutil.rmtree(out, ignore_errors=True)
+    ratio = peaks[large] / peaks[small]
+    bench.add(
+        "memory",
+        f"camcli run peak RSS, {small} photos (resnet18)",
+        f"{peaks[small] / 1024:.0f} MiB",
+    )
+    bench.add(
+        "memory",
+        f"camcli run peak RSS, {large} photos (resnet18)",
+        f"{peaks[large] / 1024:.0f} MiB",
+    )
+    bench.add("memory", f"peak RSS {large} / {small}", f"{ratio:.3f}x", "<= 1.1x", ratio <= 1.1)
+
+
+def row_startup(bench: Bench) -> None:
+    """``camcli --help``, and ``camcli run`` on one photo against import + build + forward."""
+    repeats = 3 if bench.quick else max(3, bench.repeats)
+    photo = make_photos(bench.workdir / "photos1", 1)
+    out = bench.workdir / "out-one"
+    run_process([*_camcli(), "--help"])  # bytecode caches written once, as after an install
+    t_help = process_median(bench, lambda i: [*_camcli(), "--help"], repeats)
+    one = [*_camcli(), "run", str(photo / "photo0000.jpg"), "-o", str(out), "--weights", "none",
+           "-q", "--device", bench.device]  # fmt: skip
+    run_process(one)
+    t_one = process_median(bench, lambda i: one, repeats)
+    base = [sys.executable, str(HERE / "baseline_startup.py")]
+    run_process(base)
+    t_base = process_median(bench, lambda i: base, repeats)
+    shutil.rmtree(out, ignore_errors=True)
+    bench.add("startup", "camcli --help", f"{t_help:.3f} s", "< 0.3 s", t_help < 0.3)
+    bench.add("startup", "camcli run, one photo (resnet50)", f"{t_one:.2f} s")
+    bench.add("startup", "import torch+torchvision, build resnet50, one forward", f"{t_base:.2f} s")
+    bench.add(
+        "startup",
+        "camcli run one photo - that baseline",
+        f"{t_one - t_base:+.2f} s",
+        "<= +0.5 s",
+        t_one - t_base <= 0.5,
+    )
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def machine(device: str) -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    extras = [f for f in ("avx512_bf16", "amx_bf16", "avx512_fp16") if f in flags]
+    text = (
+        f"{cpu}, {os.cpu_count()} logical CPUs ({', '.join(extras) or 'no bf16 extensions'}), "
+        f"torch {torch.__version__} ({torch.get_num_threads()} intra-op threads), "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
+    if device.startswith("cuda"):
+        text += f"; GPU: {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def versions() -> str:
+    from importlib.metadata import version
+
+    parts = []
+    for dist in (
+        "camcli",
+        "torchvision",
+        "grad-cam",
+        "torchcam",
+        "pillow",
+        "opencv-python-headless",
+    ):
+        try:
+            parts.append(f"{dist} {version(dist)}")
+        except Exception:
+            parts.append(f"{dist} (not installed)")
+    return ", ".join(parts)
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def render(bench: Bench, command: str, loads: tuple[str, str], started: str, elapsed: float) -> str:
+    status = {True: "met", False: "**missed**", None: "n/a"}
+    rows = ["| row | measurement | value | target | |", "|---|---|---|---|---|"]
+    for line in bench.lines:
+        verdict = status[line.ok] if line.target else ""
+        rows.append(f"| {line.row} | {line.what} | {line.value} | {line.target} | {verdict} |")
+    notes = "".join(f"- {n}\n" for n in bench.notes)
+    return (
+        f"## Device: {bench.device}\n\n"
+        f"- Machine: {machine(bench.device)}\n"
+        f"- Packages: {versions()}\n"
+        f"- Command: `{command}`\n"
+        f"- Started {started} UTC, took {elapsed / 60:.1f} min; repeats {bench.repeats} "
+        f"(median, after one warm-up run){' — QUICK smoke run, small sizes' if bench.quick else ''}\n"
+        f"- Load average (1/5/15 min) before: {loads[0]}; after: {loads[1]}\n\n"
+        + "\n".join(rows)
+        + "\n"
+        + (f"\n{notes}" if notes else "")
+    )
+
+
+def write_report(path: Path, section: str, device: str) -> None:
+    """Replace this device's section of ``path``; the notes above and other devices are kept."""
+    head = "# Benchmarks\n\nWritten by `benchmarks/bench.py`.\n\n"
+    sections: dict[str, str] = {}
+    if path.exists():
+        text = path.read_text()
+        head, *chunks = text.split("\n## Device: ")
+        head = head.rstrip() + "\n\n"
+        for chunk in chunks:
+            name = chunk.split("\n", 1)[0].strip()
+            sections[name] = "## Device: " + chunk.rstrip() + "\n"
+    sections[device] = section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(head + "\n".join(sections[k] for k in sorted(sections)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROWS)}")
+    parser.add_argument("--quick", action="store_true", help="smoke run: small sizes, 1 repeat")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument(
+        "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "camcli-bench"
+    )
+    args = parser.parse_args(argv)
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown} (choose from {', '.join(ROWS)})")
+    bench = Bench(args.device, 1 if args.quick else args.repeats, args.quick, args.workdir)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    command = shlex.join(
+        ["python", "benchmarks/bench.py", *(argv if argv is not None else sys.argv[1:])]
+    )
+    started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    before = load_average()
+    clock = time.perf_counter()
+    for name in rows:
+        print(f"[{name}]", flush=True)
+        try:
+            globals()[f"row_{name}"](bench)
+        except Exception as exc:  # one broken row must not lose the others
+            message = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            bench.add(name, "error", message.replace("|", "/"))
+        # Written after every row, so an interrupted run still leaves what it measured.
+        elapsed = time.perf_counter() - clock
+        section = render(bench, command, (before, load_average()), started, elapsed)
+        write_report(args.out, section, args.device)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Speed features must not change the maps: bf16 autocast, channels-last, batched top-k."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import camcli.explain as explain_mod
+import synthetic
+from camcli.cli import app
+from camcli.errors import UsageError
+from camcli.explain import Explainer, Target, use_channels_last
+from camcli.images import Preprocess
+from camcli.models import LoadedModel
+from conftest import tiny_args
+
+
+def _loaded(model: nn.Module) -> LoadedModel:
+    return LoadedModel(
+        copy.deepcopy(model), "tiny", None, Preprocess(64, 64), list(synthetic.CLASSES),
+        torch.device("cpu"), 3,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def batch() -> torch.Tensor:
+    images, _labels, _boxes = synthetic.dataset(6, seed=7)
+    return synthetic.to_tensor(images)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+@pytest.mark.parametrize("method", ["gradcam", "cam"])
+def test_bf16_maps_match_fp32(tiny_model, batch, method):
+    targets = [Target(rank=1), Target(rank=2)]
+    full = Explainer(_loaded(tiny_model), method).explain(batch, targets)
+    low = Explainer(_loaded(tiny_model), method, precision="bf16").explain(batch, targets)
+    assert low.maps.dtype == np.float32
+    assert _pearson(full.maps, low.maps) >= 0.99
+    # bf16 is a real change of arithmetic: the maps are close, not bit-identical.
+    assert not np.array_equal(full.maps, low.maps)
+    np.testing.assert_array_equal(full.class_indices[:, 0], low.class_indices[:, 0])
+
+
+def test_bf16_activations_reach_methods_in_fp32(tiny_model, batch):
+    explainer = Explainer(_loaded(tiny_model), "gradcam", precision="bf16")
+    activations, logits = explainer._forward(batch)
+    assert logits.dtype == torch.bfloat16  # the forward really ran under autocast
+    assert all(a.dtype == torch.float32 for a in activations.values())
+
+
+def test_unknown_precision_is_a_usage_error(tiny_model):
+    with pytest.raises(UsageError, match="unknown precision 'int8'"):
+        Explainer(_loaded(tiny_model), "gradcam", precision="int8")
+
+
+@pytest.mark.parametrize("method", ["gradcam", "cam"])
+def test_channels_last_gives_the_same_maps(tiny_model, batch, method, monkeypatch):
+    targets = [Target(rank=1), Target(index=2)]
+    fast = Explainer(_loaded(tiny_model), method)
+    assert fast.channels_last
+    assert fast.loaded.model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(explain_mod, "use_channels_last", lambda model, device: False)
+    plain = Explainer(_loaded(tiny_model), method)
+    assert not plain.channels_last
+    a = fast.explain(batch, targets)
+    b = plain.explain(batch, targets)
+    np.testing.assert_allclose(a.maps, b.maps, rtol=1e-4, atol=1e-5 * float(b.maps.max()))
+    np.testing.assert_array_equal(a.class_indices, b.class_indices)
+
+
+def test_channels_last_only_for_convolutional_nets():
+    cpu = torch.device("cpu")
+    convs = nn.Sequential(*(nn.Conv2d(3, 3, 1) for _ in range(3)))
+    assert use_channels_last(convs, cpu)
+    assert not use_channels_last(nn.Sequential(nn.Conv2d(3, 3, 1)), cpu)
+    attention = nn.Sequential(*(nn.Conv2d(3, 3, 1) for _ in range(3)), nn.MultiheadAttention(4, 2))
+    assert not use_channels_last(attention, cpu)
+    assert not use_channels_last(convs, torch.device("meta"))
+
+
+def test_top_k_in_one_backward_equals_per_class_gradcam(tiny_model, batch, monkeypatch):
+    explainer = Explainer(_loaded(tiny_model), "gradcam")
+    calls = []
+    real_grad = torch.autograd.grad
+
+    def counting_grad(*args, **kwargs):
+        calls.append(kwargs.get("is_grads_batched", False))
+        return real_grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    together = explainer.explain(batch, [Target(rank=r) for r in (1, 2, 3)])
+    assert calls == [True]  # three classes, one batched backward pass
+    for t in range(3):
+        classes = together.class_indices[:, t]
+        for i, cls in enumerate(classes):
+            alone = explainer.explain(batch[i : i + 1], [Target(index=int(cls))])
+            np.testing.assert_allclose(together.maps[i, t], alone.maps[0, 0], rtol=1e-4, atol=1e-6)
+
+
+def test_top_k_falls_back_to_one_backward_per_class(tiny_model, batch, monkeypatch):
+    explainer = Explainer(_loaded(tiny_model), "gradcam")
+    targets = [Target(rank=1), Target(rank=2)]
+    expected = explainer.explain(batch, targets).maps
+    real_grad = torch.autograd.grad
+
+    def no_vmap(*args, **kwargs):
+        if kwargs.get("is_grads_batched"):
+            raise RuntimeError("no batching rule")
+        return real_grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_vmap)
+    np.testing.assert_allclose(explainer.explain(batch, targets).maps, expected, rtol=1e-5)
+
+
+def test_cli_precision_bf16(tiny_checkpoint, shapes_dir, tmp_path):
+    folder, _boxes = shapes_dir
+    out = tmp_path / "out"
+    args = ["run", str(folder), "-o", str(out), *tiny_args(tiny_checkpoint), "-q", "-f", "npy"]
+    result = CliRunner().invoke(app, [*args, "--precision", "bf16"])
+    assert result.exit_code == 0, result.output
+    maps = sorted(out.rglob("*.npy"))
+    assert len(maps) == 12
+    assert all(np.load(p).dtype == np.float32 for p in maps)
+    bad = CliRunner().invoke(app, [*args, "--precision", "int8"])
+    assert bad.exit_code == 2
