@@ -134,7 +134,9 @@ def _loaded(bench: Bench, name: str):
 
 def _twin(loaded):
     """A fresh copy of the loaded model in its default form (NCHW, fp32), for the references."""
-    return copy.deepcopy(loaded.model).eval()
+    import torch
+
+    return copy.deepcopy(loaded.model).to(memory_format=torch.contiguous_format).eval()
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:

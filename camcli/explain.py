@@ -155,24 +155,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return dtype
 
 
-def use_channels_last(model: nn.Module, device: torch.device) -> bool:
-    """Whether to run ``model`` in channels-last memory format: convolutional nets on CPU/CUDA.
-
-    oneDNN and cuDNN convolutions are faster on NHWC tensors and compute the same sums (only
-    the summation order, so float rounding, can differ). Models with attention blocks
-    (ViT, Swin, MaxViT) keep their layout: their convolutions are a small part of the work.
-    """
-    if device.type not in ("cpu", "cuda"):
-        return False
-    convs = 0
-    for module in model.modules():
-        if isinstance(module, nn.MultiheadAttention) or "Attention" in type(module).__name__:
-            return False
-        if isinstance(module, nn.Conv2d):
-            convs += 1
-    return convs >= 3
-
-
 class Explainer:
     """A model, a method and its layers, checked once; then ``explain(batch, targets)``.
 
@@ -198,9 +180,8 @@ class Explainer:
         self.loaded = loaded
         model = loaded.model
         self.autocast_dtype = autocast_dtype(precision, loaded.device)
-        self.channels_last = use_channels_last(model, loaded.device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
+        # Inputs follow the model's layout; the explainer never changes a caller's model.
+        self.channels_last = loaded.channels_last
         method_cls = get_method_class(method)
         if chunk_size < 1:
             raise UsageError("--chunk-size must be at least 1")

@@ -10,20 +10,22 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-import camcli.explain as explain_mod
 import synthetic
 from camcli.cli import app
 from camcli.errors import UsageError
-from camcli.explain import Explainer, Target, use_channels_last
+from camcli.explain import Explainer, Target
 from camcli.images import Preprocess
-from camcli.models import LoadedModel
+from camcli.models import LoadedModel, load_model, use_channels_last
 from conftest import tiny_args
 
 
-def _loaded(model: nn.Module) -> LoadedModel:
+def _loaded(model: nn.Module, channels_last: bool = False) -> LoadedModel:
+    model = copy.deepcopy(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     return LoadedModel(
-        copy.deepcopy(model), "tiny", None, Preprocess(64, 64), list(synthetic.CLASSES),
-        torch.device("cpu"), 3,
+        model, "tiny", None, Preprocess(64, 64), list(synthetic.CLASSES),
+        torch.device("cpu"), 3, channels_last=channels_last,
     )  # fmt: skip
 
 
@@ -62,18 +64,26 @@ def test_unknown_precision_is_a_usage_error(tiny_model):
 
 
 @pytest.mark.parametrize("method", ["gradcam", "cam"])
-def test_channels_last_gives_the_same_maps(tiny_model, batch, method, monkeypatch):
+def test_channels_last_gives_the_same_maps(tiny_model, batch, method):
     targets = [Target(rank=1), Target(index=2)]
-    fast = Explainer(_loaded(tiny_model), method)
+    fast = Explainer(_loaded(tiny_model, channels_last=True), method)
     assert fast.channels_last
-    assert fast.loaded.model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
-    monkeypatch.setattr(explain_mod, "use_channels_last", lambda model, device: False)
     plain = Explainer(_loaded(tiny_model), method)
     assert not plain.channels_last
+    weight = plain.loaded.model.features[0].weight
+    assert not weight.is_contiguous(memory_format=torch.channels_last)  # left as it was given
     a = fast.explain(batch, targets)
     b = plain.explain(batch, targets)
     np.testing.assert_allclose(a.maps, b.maps, rtol=1e-4, atol=1e-5 * float(b.maps.max()))
     np.testing.assert_array_equal(a.class_indices, b.class_indices)
+
+
+def test_load_model_runs_its_own_convnets_channels_last():
+    resnet = load_model("resnet18", weights="none", device="cpu")
+    assert resnet.channels_last
+    assert resnet.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    vit = load_model("vit_b_16", weights="none", device="cpu")
+    assert not vit.channels_last
 
 
 def test_channels_last_only_for_convolutional_nets():
