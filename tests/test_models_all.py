@@ -32,6 +32,18 @@ CAM_FAMILIES = {
 }  # fmt: skip
 
 
+# Why CAM does not apply to the other families, as the error message must say.
+CAM_REFUSED = {
+    "vgg": "this head has 3 linear layers (classifier.0 25088->4096",
+    "alexnet": "this head has 3 linear layers (classifier.1 9216->4096",
+    "mobilenet_v3": "this head has 2 linear layers (classifier.0",
+    "convnext": "(classifier.0 (LayerNorm2d))",
+    "squeezenet": "no linear layer maps its 512 channels to the 1000 classes",
+    "vit": "self_attention (MultiheadAttention)",
+    "maxvit": "classifier.2 (LayerNorm), classifier.4 (Tanh)",
+}
+
+
 def family(name: str) -> str:
     for prefix in ("resnext", "wide_resnet"):
         if name.startswith(prefix):
@@ -131,8 +143,9 @@ def check_model(name: str, size: int | None) -> None:
                 result.maps, expected, rtol=1e-3, atol=1e-4 * float(expected.max())
             )
     else:
-        with pytest.raises(UsageError, match="use --method gradcam"):
+        with pytest.raises(UsageError, match="use --method gradcam") as info:
             Explainer(loaded, method="cam")
+        assert CAM_REFUSED[family(name)] in str(info.value)
 
 
 # One model of every family, batch 1, reduced input where the architecture allows it. The
@@ -164,6 +177,7 @@ FAST = {
 
 def test_fast_set_covers_every_family():
     assert {family(n) for n in FAST} == {family(n) for n in ALL_MODELS}
+    assert CAM_FAMILIES | set(CAM_REFUSED) == {family(n) for n in ALL_MODELS}
     assert set(FAST) <= set(ALL_MODELS)
     assert len(ALL_MODELS) == 80
 

@@ -117,14 +117,17 @@ _POOL_OR_NOOP = (
 
 
 def _modules_after(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]]:
-    """Leaf modules registered after ``layer`` (neither inside it nor one of its parents)."""
+    """Modules registered after ``layer`` (neither inside it nor one of its parents): leaves,
+    and attention modules as a whole."""
     names = [name for name, _ in model.named_modules()]
     start = names.index(layer) if layer in names else len(names)
-    return [
-        (name, module)
-        for name, module in list(model.named_modules())[start + 1 :]
-        if not name.startswith(f"{layer}.") and not any(True for _ in module.children())
-    ]
+    found: list[tuple[str, nn.Module]] = []
+    for name, module in list(model.named_modules())[start + 1 :]:
+        if name.startswith(f"{layer}.") or any(name.startswith(f"{n}.") for n, _ in found):
+            continue
+        if isinstance(module, nn.MultiheadAttention) or not any(True for _ in module.children()):
+            found.append((name, module))
+    return found
 
 
 def _names(modules: list[tuple[str, nn.Module]], limit: int = 5) -> str:
