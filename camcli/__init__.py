@@ -14,6 +14,18 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "explain", "load_model"]
 
 
+def resume_gc() -> None:
+    """Resume garbage collection paused by ``camcli.cli.main`` for start-up, if it is paused.
+
+    The objects alive now (torch's modules, the model) are frozen: later collections skip them.
+    """
+    import gc
+
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 def __getattr__(name: str):
     if name == "load_model":
         from camcli.models import load_model

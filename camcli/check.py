@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from camcli import resume_gc
 from camcli.errors import EXIT_OK, EXIT_SOME_FAILED, CamcliError, InputError, UsageError
 from camcli.explain import Explainer, Target, extract_logits, parse_targets, to_model_input
 from camcli.images import Box, load_image, model_view
@@ -172,6 +173,7 @@ def prepare(
                 progress=progress,
             )
             explainer = Explainer(loaded, method=m.method, layers=m.layers)
+            resume_gc()
         except CamcliError as exc:
             problems.append(f"{spec.path}: [model]: {exc.message}")
     if spec is not None and loaded is not None and explainer is not None:

@@ -14,7 +14,7 @@ from torch import nn
 
 from camcli.errors import UsageError
 from camcli.hooks import ActivationRecorder, first_tensor
-from camcli.layers import resolve_layer, trace_layers
+from camcli.layers import default_layer, resolve_layer
 from camcli.methods import get_method_class
 from camcli.methods.base import CamContext, CamMethod, Progress
 from camcli.models import LoadedModel
@@ -195,7 +195,7 @@ class Explainer:
         if layers:
             names = list(dict.fromkeys(layers))
         else:
-            _, default = trace_layers(model, size, loaded.device)
+            default = default_layer(model, size, loaded.device)
             if default is None:
                 raise UsageError(
                     f"found no layer with a spatial feature map in {loaded.name}; pass --layer"
@@ -203,7 +203,7 @@ class Explainer:
             names = [default]
         self.layers: dict[str, nn.Module] = {n: resolve_layer(model, n) for n in names}
         self.method: CamMethod = method_cls(model)
-        probe = torch.randn(2, 3, size, size, device=loaded.device)
+        probe = torch.randn(1, 3, size, size, device=loaded.device)
         # The checks compare exact maths (CAM's head against the logits): full precision.
         activations, logits = self._forward(probe, autocast=False)
         for name, activation in activations.items():

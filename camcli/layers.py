@@ -254,3 +254,44 @@ def trace_layers(
             continue
         default, default_tensor = name, tensor
     return infos, default
+
+
+# torchvision's classifiers, by class: the layer ``trace_layers`` picks for them (the tests
+# check the two agree on every model), so ``camcli run`` skips the tracing forward pass.
+_KNOWN_DEFAULTS = {
+    "ResNet": "layer4",
+    "RegNet": "trunk_output",
+    "ShuffleNetV2": "conv5",
+    "MNASNet": "layers",
+    "GoogLeNet": "inception5b",
+    "Inception3": "Mixed_7c",
+    "SwinTransformer": "norm",
+    "MaxVit": "blocks.3",
+    "VGG": "features",
+    "AlexNet": "features",
+    "DenseNet": "features",
+    "MobileNetV2": "features",
+    "MobileNetV3": "features",
+    "EfficientNet": "features",
+    "ConvNeXt": "features",
+    "SqueezeNet": "features",
+}
+
+
+def known_default_layer(model: nn.Module) -> str | None:
+    """The default layer of a torchvision classifier without a forward pass, else None."""
+    cls = type(model)
+    if not cls.__module__.startswith("torchvision.models."):
+        return None
+    if cls.__name__ == "VisionTransformer":
+        name = f"encoder.layers.encoder_layer_{len(model.encoder.layers) - 1}.ln_1"
+    else:
+        name = _KNOWN_DEFAULTS.get(cls.__name__)
+    if name is None or name not in dict(model.named_modules()):
+        return None
+    return name
+
+
+def default_layer(model: nn.Module, input_size: int, device: torch.device) -> str | None:
+    """The layer explained when none is given: known for torchvision's models, else traced."""
+    return known_default_layer(model) or trace_layers(model, input_size, device)[1]

@@ -22,6 +22,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from camcli import resume_gc
 from camcli.errors import EXIT_OK, EXIT_SOME_FAILED
 from camcli.explain import Explainer, parse_targets
 from camcli.methods import get_method_class
@@ -107,6 +108,7 @@ def run_images(
         precision=precision,
     )
     parsed = parse_targets(targets, top_k, loaded.labels, loaded.num_classes)
+    resume_gc()
 
     progress = Progress(
         TextColumn("[progress.description]{task.description}"),

@@ -332,6 +332,7 @@ def test_subprocess_with_stdin_list_and_exit_codes(tiny_checkpoint, shapes_dir, 
     assert result.stdout == ""
     assert f"error: {tmp_path / 'missing.png'}: no such file" in result.stderr
     assert "Traceback" not in result.stderr
+    assert "leaked" not in result.stderr  # nothing left frozen for extension modules to report
     assert sorted(p.name for p in out.glob("*.jpg")) == [
         "img01.png.gradcam.top1.jpg",
         "img02.png.gradcam.top1.jpg",
@@ -363,3 +364,31 @@ def test_safetensors_and_wrapped_data_parallel_checkpoints(
     expected = np.load(baseline / "img01.png.gradcam.top1.npy")
     for got in outputs:
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_main_pauses_garbage_collection_for_start_up_only(
+    tiny_checkpoint, shapes_dir, tmp_path, monkeypatch
+):
+    import gc
+
+    from camcli.cli import main
+
+    folder, _ = shapes_dir
+    seen = []
+    import camcli.runner
+
+    real = camcli.runner.Pipeline
+
+    def spy(*args, **kwargs):  # the images are processed with the collector running
+        seen.append((gc.isenabled(), gc.get_freeze_count() > 0))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(camcli.runner, "Pipeline", spy)
+    argv = ["camcli", "run", str(folder / "a"), "--out", str(tmp_path), "-q"]
+    monkeypatch.setattr(sys, "argv", argv + [str(a) for a in tiny_args(tiny_checkpoint)])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 0
+    assert seen == [(True, True)]
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0

@@ -20,7 +20,13 @@ from typer.testing import CliRunner
 from camcli.cli import app
 from camcli.errors import UsageError
 from camcli.explain import Explainer, Target
-from camcli.layers import Layout, spatial_layout, trace_layers
+from camcli.layers import (
+    Layout,
+    default_layer,
+    known_default_layer,
+    spatial_layout,
+    trace_layers,
+)
 from camcli.models import _head_layer, load_model
 
 ALL_MODELS = torchvision.models.list_models(module=torchvision.models)
@@ -126,6 +132,9 @@ def check_model(name: str, size: int | None) -> None:
     side = loaded.preprocess.crop_size
     grid = expected_grid(name, side)
     assert explainer.layer_names == [expected_layer(name)]
+    # The explainer takes torchvision's defaults from a table; tracing must agree with it.
+    assert known_default_layer(loaded.model) == expected_layer(name)
+    assert trace_layers(loaded.model, side, torch.device("cpu"))[1] == expected_layer(name)
     assert result.maps.shape == (1, 1, grid, grid)
     assert np.isfinite(result.maps).all()
     assert result.maps.max() > result.maps.min(), f"{name}: constant map"
@@ -318,3 +327,15 @@ def test_trace_skips_class_score_maps():
     shapes = {i.name: i.shape for i in infos}
     assert shapes["classifier.1"] == (1, 1000, 3, 3)
     assert default == "features"
+
+
+def test_default_layer_is_traced_for_models_outside_torchvision(tiny_model):
+    assert known_default_layer(tiny_model) is None
+    resnet_like = type("MyResNet", (torchvision.models.ResNet,), {"__module__": "mine"})
+    model = resnet_like(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1])
+    assert known_default_layer(model) is None
+    assert default_layer(model, 64, torch.device("cpu")) == "layer4"
+    assert (
+        default_layer(tiny_model, 64, torch.device("cpu"))
+        == trace_layers(tiny_model, 64, torch.device("cpu"))[1]
+    )
