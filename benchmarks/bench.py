@@ -141,6 +141,15 @@ def process_median(bench: Bench, make_cmd: Callable[[int], list[str]], repeats: 
     return statistics.median(run_process(make_cmd(i))[0] for i in range(repeats))
 
 
+def process_medians(commands: Sequence[list[str]], repeats: int) -> list[float]:
+    """Median wall times of whole processes, run in turn (round-robin) each repeat."""
+    times: list[list[float]] = [[] for _ in commands]
+    for _ in range(repeats):
+        for command, bucket in zip(commands, times, strict=True):
+            bucket.append(run_process(command)[0])
+    return [statistics.median(bucket) for bucket in times]
+
+
 # --- models -----------------------------------------------------------------------------------
 
 
@@ -243,7 +252,9 @@ def row_bf16(bench: Bench) -> None:
     # A model of its own (same seed, same weights): under bf16 camcli folds batch norm into
     # the convolutions of the model it loaded, which the fp32 explainer must not run.
     low = Explainer(_loaded(bench, "resnet50"), "gradcam", precision=precision)
-    t_full, t_low = bench.median_times([lambda: full.explain(x, top1), lambda: low.explain(x, top1)])
+    t_full, t_low = bench.median_times(
+        [lambda: full.explain(x, top1), lambda: low.explain(x, top1)]
+    )
     # The same classes for both, so the maps compare like with like.
     fixed = [Target(index=int(i)) for i in full.explain(x, top1).class_indices[:1, 0]]
     r = _pearson(full.explain(x, fixed).maps, low.explain(x, fixed).maps)
@@ -325,7 +336,6 @@ def row_scorecam(bench: Bench) -> None:
     from torchcam.methods import ScoreCAM
 
     from camcli.explain import Explainer, Target
-    from camcli.methods import METHODS
 
     loaded = _loaded(bench, "resnet18")
     tc_model = _twin(loaded)
@@ -337,18 +347,16 @@ def row_scorecam(bench: Bench) -> None:
             scores = tc_model(x)
         tc(class_idx=scores.argmax(1).tolist(), scores=scores)
 
-    # torchcam's Score-CAM runs 512 masked forward passes: a minute a call on 2 cores.
-    repeats = 1 if bench.quick else min(bench.repeats, 2)
-    t_tc = bench.median_time(torchcam_step, repeats, warmup=not bench.quick)
+    # Score-CAM runs 512 masked forward passes: a quarter to a whole minute a call on 2 cores.
+    repeats = 1 if bench.quick else min(bench.repeats, 3)
+    explainer = Explainer(loaded, "scorecam")
+    t_tc, t_cam = bench.median_times(
+        [torchcam_step, lambda: explainer.explain(x, [Target(rank=1)])],
+        repeats,
+        warmup=not bench.quick,
+    )
     tc.remove_hooks()
     bench.add("scorecam", "torchcam ScoreCAM (resnet18, 1 image)", f"{t_tc * 1000:.0f} ms")
-    if "scorecam" not in METHODS:
-        bench.add(
-            "scorecam", "camcli Score-CAM (resnet18, 1 image)", "not available", ">= 2x", None
-        )
-        return
-    explainer = Explainer(loaded, "scorecam")
-    t_cam = bench.median_time(lambda: explainer.explain(x, [Target(rank=1)]), repeats)
     bench.add("scorecam", "camcli Score-CAM (resnet18, 1 image)", f"{t_cam * 1000:.0f} ms")
     bench.add(
         "scorecam",
@@ -478,18 +486,17 @@ def row_memory(bench: Bench) -> None:
 
 def row_startup(bench: Bench) -> None:
     """``camcli --help``, and ``camcli run`` on one photo against import + build + forward."""
-    repeats = 3 if bench.quick else max(3, bench.repeats)
+    repeats = 3 if bench.quick else max(7, bench.repeats)
     photo = make_photos(bench.workdir / "photos1", 1)
     out = bench.workdir / "out-one"
     run_process([*_camcli(), "--help"])  # bytecode caches written once, as after an install
     t_help = process_median(bench, lambda i: [*_camcli(), "--help"], repeats)
     one = [*_camcli(), "run", str(photo / "photo0000.jpg"), "-o", str(out), "--weights", "none",
            "-q", "--device", bench.device]  # fmt: skip
-    run_process(one)
-    t_one = process_median(bench, lambda i: one, repeats)
     base = [sys.executable, str(HERE / "baseline_startup.py")]
+    run_process(one)
     run_process(base)
-    t_base = process_median(bench, lambda i: base, repeats)
+    t_one, t_base = process_medians([one, base], repeats)
     shutil.rmtree(out, ignore_errors=True)
     bench.add("startup", "camcli --help", f"{t_help:.3f} s", "< 0.3 s", t_help < 0.3)
     bench.add("startup", "camcli run, one photo (resnet50)", f"{t_one:.2f} s")
