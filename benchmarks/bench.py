@@ -350,8 +350,14 @@ def row_scorecam(bench: Bench) -> None:
     # Score-CAM runs 512 masked forward passes: a quarter to a whole minute a call on 2 cores.
     repeats = 1 if bench.quick else min(bench.repeats, 3)
     explainer = Explainer(loaded, "scorecam")
-    t_tc, t_cam = bench.median_times(
-        [torchcam_step, lambda: explainer.explain(x, [Target(rank=1)])],
+    precision = "fp16" if bench.device.startswith("cuda") else "bf16"
+    low = Explainer(_loaded(bench, "resnet18"), "scorecam", precision=precision)
+    t_tc, t_cam, t_low = bench.median_times(
+        [
+            torchcam_step,
+            lambda: explainer.explain(x, [Target(rank=1)]),
+            lambda: low.explain(x, [Target(rank=1)]),
+        ],
         repeats,
         warmup=not bench.quick,
     )
@@ -365,6 +371,11 @@ def row_scorecam(bench: Bench) -> None:
         ">= 2x",
         t_tc / t_cam >= 2,
     )
+    bench.add(
+        "scorecam", f"camcli Score-CAM --precision {precision} (resnet18, 1 image)",
+        f"{t_low * 1000:.0f} ms",
+    )  # fmt: skip
+    bench.add("scorecam", f"camcli {precision} speed-up over torchcam", f"{t_tc / t_low:.2f}x")
 
 
 # --- processes --------------------------------------------------------------------------------

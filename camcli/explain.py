@@ -253,9 +253,19 @@ class Explainer:
         return recorder.activations, logits
 
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """Logits for the methods' extra passes, the model in eval mode while they run."""
-        with ActivationRecorder(self.loaded.model, {}, grad=False):
-            return extract_logits(self.loaded.model(batch))
+        """Logits for the methods' extra passes, the model in eval mode while they run.
+
+        With ``--precision bf16/fp16`` these passes run under autocast too (they are most of
+        the Score-CAM family's and Ablation-CAM's work); the logits come back in fp32.
+        """
+        low = self.autocast_dtype
+        cast = (
+            torch.autocast(self.loaded.device.type, dtype=low) if low else contextlib.nullcontext()
+        )
+        if self.channels_last and batch.ndim == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with ActivationRecorder(self.loaded.model, {}, grad=False), cast:
+            return extract_logits(self.loaded.model(batch)).float()
 
     def _maps(
         self,

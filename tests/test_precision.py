@@ -204,3 +204,17 @@ def test_explainer_folds_only_models_camcli_loaded(tiny_model, batch):
     b = Explainer(mine, "gradcam").explain(batch, targets)
     np.testing.assert_allclose(a.maps, b.maps, rtol=1e-4, atol=1e-5 * float(b.maps.max()))
     np.testing.assert_array_equal(a.class_indices, b.class_indices)
+
+
+def test_bf16_runs_the_extra_passes_of_score_cam_under_autocast(tiny_model, batch):
+    targets = [Target(rank=1)]
+    full = Explainer(_loaded(tiny_model), "scorecam")
+    low = Explainer(_loaded(tiny_model), "scorecam", precision="bf16")
+    masked = batch[:2] * 0.5
+    assert full._logits(masked).dtype == torch.float32
+    low_logits = low._logits(masked)
+    assert low_logits.dtype == torch.float32  # handed back in fp32...
+    assert not torch.equal(low_logits, full._logits(masked))  # ...but computed in bf16
+    a, b = full.explain(batch, targets), low.explain(batch, targets)
+    assert _pearson(a.maps, b.maps) >= 0.99
+    np.testing.assert_array_equal(a.class_indices, b.class_indices)
