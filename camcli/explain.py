@@ -231,19 +231,26 @@ class Explainer:
     def layer_names(self) -> list[str]:
         return list(self.layers)
 
+    def _prepared(
+        self, batch: torch.Tensor, low: torch.dtype | None
+    ) -> tuple[torch.Tensor, contextlib.AbstractContextManager]:
+        """The batch in the model's memory layout, and the autocast context for ``low``."""
+        if self.channels_last and batch.ndim == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        cast = (
+            torch.autocast(self.loaded.device.type, dtype=low) if low else contextlib.nullcontext()
+        )
+        return batch, cast
+
     def _forward(
         self, batch: torch.Tensor, autocast: bool = True
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         grad = self.method.needs_grad
         mode = torch.no_grad() if grad else torch.inference_mode()
         low = self.autocast_dtype if autocast else None
-        if self.channels_last and batch.ndim == 4:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        batch, cast = self._prepared(batch, low)
         recorder = ActivationRecorder(
             self.loaded.model, self.layers, grad=grad, dtype=torch.float32 if low else None
-        )
-        cast = (
-            torch.autocast(self.loaded.device.type, dtype=low) if low else contextlib.nullcontext()
         )
         with recorder, mode, cast:
             logits = extract_logits(self.loaded.model(batch))
@@ -258,12 +265,7 @@ class Explainer:
         With ``--precision bf16/fp16`` these passes run under autocast too (they are most of
         the Score-CAM family's and Ablation-CAM's work); the logits come back in fp32.
         """
-        low = self.autocast_dtype
-        cast = (
-            torch.autocast(self.loaded.device.type, dtype=low) if low else contextlib.nullcontext()
-        )
-        if self.channels_last and batch.ndim == 4:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        batch, cast = self._prepared(batch, self.autocast_dtype)
         with ActivationRecorder(self.loaded.model, {}, grad=False), cast:
             return extract_logits(self.loaded.model(batch)).float()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import difflib
 import functools
@@ -76,12 +77,12 @@ def fold_batchnorms(model: nn.Module, keep: Collection[nn.Module] = ()) -> int:
 
     ``bn(conv(x)) = conv'(x)`` with ``w' = w s``, ``b' = (b - mean) s + beta``,
     ``s = gamma / sqrt(var + eps)``: the same function with one memory-bound pass over the
-    feature map less (about 20% of resnet50's fp32 CPU time, more under autocast). The module tree keeps every
-    name (the batch norm becomes an ``nn.Identity``), so a hook on the batch norm sees the very
-    values it saw before (up to float rounding). Pairs are found on a ``torch.fx`` trace of the model (used only to
-    read the graph): a convolution folds only if the batch norm is its one user and each
-    module runs once; pairs with a module in ``keep`` (hooked layers) stay as they are. Models
-    that fx cannot trace are left as they are (0).
+    feature map less (about 20% of resnet50's fp32 CPU time, more under autocast). The module
+    tree keeps every name (the batch norm becomes an ``nn.Identity``), so a hook on the batch
+    norm sees the values it saw before (up to float rounding). Pairs are found on a
+    ``torch.fx`` trace of the model (used only to read the graph): a convolution folds only if
+    the batch norm is its one user and each module runs once; pairs with a module in ``keep``
+    (hooked layers) stay as they are. Models that fx cannot trace are left as they are (0).
     """
     try:
         import torch.fx
@@ -90,10 +91,7 @@ def fold_batchnorms(model: nn.Module, keep: Collection[nn.Module] = ()) -> int:
     except Exception:  # data-dependent control flow, unsupported ops: no folding, same maths
         return 0
     modules = dict(model.named_modules())
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    calls = collections.Counter(n.target for n in graph.nodes if n.op == "call_module")
     kept = {id(m) for m in keep}
     pairs = []
     for node in graph.nodes:
