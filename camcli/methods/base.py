@@ -126,7 +126,7 @@ def target_gradients(
     return torch.stack(
         [
             torch.autograd.grad(
-                class_scores(logits, targets, column), activation, retain_graph=column < count - 1
+                class_scores(logits, targets, column), activation, retain_graph=True
             )[0]
             for column in range(count)
         ]
