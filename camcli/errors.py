@@ -36,3 +36,11 @@ class InputError(CamcliError):
     """One input file cannot be used (unreadable, not an image...). The batch goes on."""
 
     exit_code = EXIT_SOME_FAILED
+
+
+class CamcliWarning(UserWarning):
+    """Something the user should hear once on stderr (conflicting options, a blank map...).
+
+    The library warns with ``warnings.warn(message, CamcliWarning)``; the CLI prints each
+    distinct message once as ``warning: <message>`` and the run goes on.
+    """
