@@ -59,6 +59,22 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+# Lone surrogates, and the line breaks str.splitlines() honours that json.dumps leaves raw.
+_ESCAPED = re.compile("[\x85\u2028\u2029\ud800-\udfff]")
+
+
+def json_line(record: Any) -> str:
+    """``record`` as one line of JSON (no newline): UTF-8 text where possible.
+
+    A lone surrogate (how Python keeps the undecodable bytes of a file name) cannot be encoded
+    as UTF-8, so it is written as a ``\\udcXX`` escape, which ``json.loads`` turns back into
+    the same ``str``. A NaN or infinite float raises ValueError: JSON has no such numbers, and
+    one in a record is a bug upstream, not something to write down.
+    """
+    text = json.dumps(record, ensure_ascii=False, allow_nan=False)
+    return _ESCAPED.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def encode_image(rgb: np.ndarray, fmt: str) -> bytes:
     """RGB uint8 (H, W, 3) or gray (H, W) -> JPEG or PNG bytes (the one RGB->BGR flip)."""
     pixels = rgb[:, :, ::-1] if rgb.ndim == 3 else rgb
