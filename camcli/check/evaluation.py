@@ -1,0 +1,101 @@
+"""A validated spec and its model -> one CaseResult per case: explain in batches, measure."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from camcli.check.baselines import compare_baseline
+from camcli.check.measure import measure_case
+from camcli.check.results import CaseResult, Outcome, class_info
+from camcli.errors import InputError
+from camcli.explain import Explainer, Target, extract_logits, to_model_input
+from camcli.images import load_image, model_view
+from camcli.models import LoadedModel
+from camcli.spec import CheckSpec
+
+
+def _fail_case(result: CaseResult, reason: str, update_baselines: bool) -> None:
+    """An image or model failure during the run: every expectation of the case errors."""
+    case = result.case
+    result.error = reason
+    names = []
+    if case.expect_index is not None:
+        names.append("class")
+        if case.min_score is not None:
+            names.append("score")
+    if case.boxes:
+        names += ["pointing"] if case.pointing else []
+        names += ["energy"] if case.min_energy is not None else []
+    if case.baseline is not None and not update_baselines:
+        names += ["baseline-pearson"] if case.min_similarity is not None else []
+        names += ["baseline-iou"] if case.min_iou is not None else []
+    for name in names or ["run"]:
+        result.outcomes.append(Outcome(name, False, None, None, reason, "-", error=True))
+
+
+def evaluate(
+    spec: CheckSpec, loaded: LoadedModel, explainer: Explainer, *, update_baselines: bool = False
+) -> list[CaseResult]:
+    """Explain every case's image (in batches) and measure its expectations, in spec order.
+
+    Per batch: one inference forward for the predictions, then one ``explain`` call per
+    distinct explained class, so each image's map is computed once, for its own class.
+    """
+    results = [CaseResult(case) for case in spec.cases]
+    size = spec.model.batch_size
+    for start in range(0, len(results), size):
+        began = time.perf_counter()
+        chunk = results[start : start + size]
+        ready: list[tuple[CaseResult, np.ndarray, tuple[int, int]]] = []
+        for result in chunk:
+            try:
+                image = load_image(result.case.image)
+            except InputError as exc:
+                _fail_case(result, exc.message, update_baselines)
+                continue
+            view, result.view_box = model_view(image, loaded.preprocess)
+            ready.append((result, view, (image.height, image.width)))
+        if ready:
+            try:
+                _explain_batch(ready, loaded, explainer, update_baselines)
+            except RuntimeError as exc:  # out of memory, a model that fails on this input...
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "RuntimeError"
+                for result, _, _ in ready:
+                    result.outcomes.clear()
+                    _fail_case(result, f"model failed ({reason})", update_baselines)
+        share = (time.perf_counter() - began) / max(1, len(chunk))
+        for result in chunk:
+            result.seconds = share
+    return results
+
+
+def _explain_batch(
+    ready: list[tuple[CaseResult, np.ndarray, tuple[int, int]]],
+    loaded: LoadedModel,
+    explainer: Explainer,
+    update_baselines: bool,
+) -> None:
+    batch = to_model_input(np.stack([view for _, view, _ in ready]), loaded)
+    with torch.inference_mode():
+        logits = extract_logits(loaded.model(batch))
+        probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+    groups: dict[int, list[int]] = {}
+    for i, (result, _, _) in enumerate(ready):
+        target: Target = result.case.target
+        ranked = np.argsort(-probs[i], kind="stable")
+        index = int(target.index) if target.index is not None else int(ranked[target.rank - 1])
+        result.prediction = class_info(loaded, int(ranked[0]), probs[i])
+        result.explained = class_info(loaded, index, probs[i])
+        groups.setdefault(index, []).append(i)
+    for index, members in groups.items():
+        rows = torch.as_tensor(members, device=batch.device)
+        maps = explainer.explain(batch.index_select(0, rows), [Target(index=index)]).maps
+        for k, i in enumerate(members):
+            ready[i][0].cam = maps[k, 0]
+    for i, (result, _, shape) in enumerate(ready):
+        measure_case(result, probs[i], shape)
+        if result.case.baseline is not None and not update_baselines:
+            compare_baseline(result, loaded.preprocess.crop_size)

@@ -1,0 +1,77 @@
+"""What a check run produces: one Outcome per expectation, one CaseResult per case, a Report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from camcli.errors import EXIT_OK, EXIT_SOME_FAILED
+from camcli.explain import Explainer
+from camcli.images import Box
+from camcli.models import LoadedModel
+from camcli.spec import CaseSpec, CheckSpec
+
+
+@dataclass
+class Outcome:
+    """One expectation of one case: what was measured and whether it passed."""
+
+    expectation: str
+    passed: bool
+    measured: Any
+    threshold: Any
+    measured_text: str
+    threshold_text: str
+    error: bool = False
+
+    def message(self) -> str:
+        return f"{self.expectation}: measured {self.measured_text}, expected {self.threshold_text}"
+
+
+@dataclass
+class CaseResult:
+    case: CaseSpec
+    outcomes: list[Outcome] = field(default_factory=list)
+    prediction: dict[str, Any] | None = None
+    explained: dict[str, Any] | None = None
+    peak: tuple[int, int] | None = None
+    cam: np.ndarray | None = None
+    view_box: Box | None = None
+    seconds: float = 0.0
+    error: str | None = None
+    baseline_update: dict[str, Any] | None = None
+    failure_files: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outcomes)
+
+
+@dataclass
+class Report:
+    spec: CheckSpec
+    loaded: LoadedModel
+    explainer: Explainer
+    results: list[CaseResult]
+    seconds: float
+    updated_baselines: bool = False
+
+    @property
+    def outcomes(self) -> list[Outcome]:
+        return [o for r in self.results for o in r.outcomes]
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if all(r.passed for r in self.results) else EXIT_SOME_FAILED
+
+
+def class_info(loaded: LoadedModel, index: int, probs: np.ndarray) -> dict[str, Any]:
+    return {"class_index": index, "label": loaded.label(index), "score": float(probs[index])}
+
+
+def named(info: dict[str, Any]) -> str:
+    """A class_info as messages show it: ``'tabby' 0.731``."""
+    label = info["label"] if info["label"] is not None else f"class {info['class_index']}"
+    return f"{label!r} {info['score']:.3f}"
