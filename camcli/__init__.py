@@ -5,13 +5,16 @@ The small public Python API (imported lazily so that ``camcli --help`` stays qui
     from camcli import load_model, explain
     loaded = load_model("resnet18", weights="none")
     result = explain(loaded, batch, method="gradcam", targets=["top1"])
+
+    from camcli import explain_images  # paths, PIL images or arrays, preprocessed for the model
+    result = explain_images("resnet18", ["cat.jpg"], method="gradcam")
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "explain", "load_model"]
+__all__ = ["__version__", "explain", "explain_images", "load_model"]
 
 
 def resume_gc() -> None:
@@ -35,4 +38,8 @@ def __getattr__(name: str):
         from camcli.explain import explain
 
         return explain
+    if name == "explain_images":
+        from camcli.api import explain_images
+
+        return explain_images
     raise AttributeError(f"module 'camcli' has no attribute {name!r}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,12 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from camcli.errors import UsageError
+from camcli.errors import CamcliWarning, UsageError
 from camcli.hooks import ActivationRecorder, first_tensor
 from camcli.layers import default_layer, resolve_layer
 from camcli.methods import get_method_class
 from camcli.methods.base import CamContext, CamMethod, Progress
-from camcli.models import LoadedModel, fold_batchnorms
+from camcli.models import LoadedModel, fold_batchnorms, is_out_of_memory
 
 
 @dataclass(frozen=True)
@@ -40,12 +42,18 @@ class Explanation:
     layers: each upsampled to the model input size, then averaged). ``scores`` are softmax
     probabilities of ``class_indices``. Pixel-space methods (guided backprop) also give
     ``saliency`` (N, T, 3, H, W) at the model input size, and their ``maps`` are at that size.
+
+    ``problems[i]`` says why image i's outputs cannot be trusted (NaN or inf in its logits or
+    its map), else None; such an image's maps, saliency and scores are zeros, never NaN.
+    ``blank[i][t]`` says why the map of image i for target t is zero everywhere, else None.
     """
 
     maps: np.ndarray
     class_indices: np.ndarray
     scores: np.ndarray
     saliency: np.ndarray | None = None
+    problems: list[str | None] | None = None
+    blank: list[list[str | None]] | None = None
 
 
 #: ``--aug-smooth``: every combination of a horizontal flip and an input scaling, as
@@ -55,6 +63,28 @@ AUGMENTATIONS = tuple((flip, factor) for flip in (False, True) for factor in (0.
 
 def _normalise_label(text: str) -> str:
     return " ".join(text.lower().replace("_", " ").replace("-", " ").split())
+
+
+_LOGITS_NOT_FINITE = "the model's output is not finite (NaN or inf in the logits)"
+_MAP_NOT_FINITE = "the map is not finite"
+_RANK = re.compile(r"top\s*([+-]?\d+)")
+_INDEX = re.compile(r"[+-]?\d+")
+_MAX_SUGGESTIONS = 8
+
+
+def _suggestions(text: str, labels: Sequence[str]) -> str:
+    """Labels holding every word of ``text`` (``cat``: tabby cat, tiger cat...), else the
+    closest spellings; as a ``; did you mean ...?`` hint, or "" when nothing is near."""
+    words = set(_normalise_label(text).split())
+    containing = [label for label in labels if words <= set(_normalise_label(label).split())]
+    if containing:
+        shown = containing[:_MAX_SUGGESTIONS]
+        more = len(containing) - len(shown)
+        rest = f" (and {more} more)" if more > 0 else ""
+        return f"; did you mean {', '.join(repr(label) for label in shown)}{rest}?"
+    by_name = {_normalise_label(label): label for label in labels}
+    close = difflib.get_close_matches(_normalise_label(text), list(by_name), n=3)
+    return f"; did you mean {', '.join(repr(by_name[c]) for c in close)}?" if close else ""
 
 
 def parse_targets(
@@ -67,18 +97,25 @@ def parse_targets(
         by_name.setdefault(_normalise_label(label), []).append(i)
     for value in values:
         text = value.strip()
-        low = text.lower()
-        if low.startswith("top") and low[3:].isdigit() and int(low[3:]) >= 1:
-            rank = int(low[3:])
-            if rank > num_classes:
-                raise UsageError(f"target {text!r}: the model has only {num_classes} classes")
-            targets.append(Target(rank=rank))
-        elif text.isdigit():
-            index = int(text)
-            if index >= num_classes:
+        rank_text = _RANK.fullmatch(text.lower())
+        if rank_text:
+            rank = int(rank_text.group(1))
+            if rank < 1:
                 raise UsageError(
-                    f"target {index} is out of range: the model has {num_classes} classes "
-                    f"(0..{num_classes - 1})"
+                    f"target {text!r}: ranks start at 1: top1 is the most likely class"
+                )
+            if rank > num_classes:
+                raise UsageError(
+                    f"target {text!r}: the model has only {num_classes} classes "
+                    f"(top1 to top{num_classes})"
+                )
+            targets.append(Target(rank=rank))
+        elif _INDEX.fullmatch(text):
+            index = int(text)
+            if not 0 <= index < num_classes:
+                raise UsageError(
+                    f"target {text} is out of range: class indices run from 0 to "
+                    f"{num_classes - 1} (the model has {num_classes} classes)"
                 )
             targets.append(Target(index=index))
         else:
@@ -89,9 +126,7 @@ def parse_targets(
                 )
             found = by_name.get(_normalise_label(text))
             if not found:
-                close = difflib.get_close_matches(_normalise_label(text), list(by_name), n=3)
-                hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-                raise UsageError(f"unknown class name {text!r}{hint}")
+                raise UsageError(f"unknown class name {text!r}{_suggestions(text, labels)}")
             if len(found) > 1:
                 raise UsageError(
                     f"class name {text!r} is ambiguous (indices {', '.join(map(str, found))}); "
@@ -152,6 +187,13 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     if not torch.amp.is_autocast_available(device.type):
         raise UsageError(f"--precision {precision} is not available on device {device}")
+    if precision == "fp16" and device.type == "cpu":
+        warnings.warn(
+            "--precision fp16 on the CPU: autocast there is slow and less exact than on a GPU; "
+            "use --precision bf16",
+            CamcliWarning,
+            stacklevel=3,
+        )
     return dtype
 
 
@@ -192,25 +234,21 @@ class Explainer:
         self.chunk_size = chunk_size
         self.progress = progress
         size = loaded.preprocess.crop_size
-        if layers:
-            names = list(dict.fromkeys(layers))
-        else:
-            default = default_layer(model, size, loaded.device)
-            if default is None:
-                raise UsageError(
-                    f"found no layer with a spatial feature map in {loaded.name}; pass --layer"
-                )
-            names = [default]
-        self.layers: dict[str, nn.Module] = {n: resolve_layer(model, n) for n in names}
-        if loaded.owned:
-            # Eager batch norm is a memory-bound pass over every feature map (in fp32 even
-            # under autocast); folded into the convolutions it costs nothing. Only a model
-            # camcli built itself is rewritten, never one a caller passes in.
-            fold_batchnorms(model, keep=self.layers.values())
-        self.method: CamMethod = method_cls(model)
-        probe = torch.randn(1, 3, size, size, device=loaded.device)
-        # The checks compare exact maths (CAM's head against the logits): full precision.
-        activations, logits = self._forward(probe, autocast=False)
+        try:
+            self.layers = self._resolve_layers(layers, size)
+            self.method: CamMethod = method_cls(model)
+            probe = torch.randn(1, 3, size, size, device=loaded.device)
+            # The checks compare exact maths (CAM's head against the logits): full precision.
+            activations, logits = self._forward(probe, autocast=False)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(
+                f"not enough memory for a forward pass at {size} px on {loaded.device} "
+                f"({reason}); use a smaller --input-size"
+            ) from None
+        # Checked on the model as the user knows it (`camcli layers`), before any folding.
         for name, activation in activations.items():
             if activation.ndim != 4:
                 raise UsageError(
@@ -220,8 +258,34 @@ class Explainer:
             if self.method.needs_grad and not logits.requires_grad:
                 raise UsageError(f"the logits do not depend on layer {name!r}; pick another")
             self.method.check(name, activation.detach(), logits.detach())
+            if activation.shape[-2:] == (1, 1):
+                warnings.warn(
+                    f"layer {name} gives a 1 x 1 map at {size} px: it cannot localise; use a "
+                    "larger --input-size or an earlier layer (`camcli layers MODEL`)",
+                    CamcliWarning,
+                    stacklevel=2,
+                )
         if logits.shape[1] != loaded.num_classes:
             loaded.num_classes = int(logits.shape[1])
+        if loaded.owned:
+            # Eager batch norm is a memory-bound pass over every feature map (in fp32 even
+            # under autocast); folded into the convolutions it costs nothing. Only a model
+            # camcli built itself is rewritten, never one a caller passes in.
+            fold_batchnorms(model, keep=self.layers.values())
+
+    def _resolve_layers(self, layers: Sequence[str] | None, size: int) -> dict[str, nn.Module]:
+        """The named layers, or the automatic default one."""
+        loaded = self.loaded
+        if layers:
+            names = list(dict.fromkeys(layers))
+        else:
+            default = default_layer(loaded.model, size, loaded.device)
+            if default is None:
+                raise UsageError(
+                    f"found no layer with a spatial feature map in {loaded.name}; pass --layer"
+                )
+            names = [default]
+        return {n: resolve_layer(loaded.model, n) for n in names}
 
     @property
     def method_name(self) -> str:
@@ -312,14 +376,49 @@ class Explainer:
             del activations
             combined, saliency = self._augmented(batch, class_indices)
         with torch.inference_mode():
-            probs = torch.softmax(logits.detach().float(), dim=1)
-            scores = probs.gather(1, class_indices)
+            logits = logits.detach().float()
+            maps = combined.detach().float()
+            scores = torch.softmax(logits, dim=1).gather(1, class_indices)
+            finite_logits = torch.isfinite(logits).all(dim=1)
+            finite_maps = torch.isfinite(maps.flatten(1)).all(dim=1)
+            if saliency is not None:
+                saliency = saliency.float()
+                finite_maps &= torch.isfinite(saliency.flatten(1)).all(dim=1)
+            trusted = finite_logits & finite_maps
+            # Untrusted images get zeros: NaN must never reach a writer or a caller's sums.
+            maps = torch.where(trusted.view(-1, 1, 1, 1), maps, 0.0)
+            scores = torch.where(trusted.view(-1, 1), scores, 0.0)
+            if saliency is not None:
+                saliency = torch.where(trusted.view(-1, 1, 1, 1, 1), saliency, 0.0)
+            problems: list[str | None] = [
+                None if ok else _LOGITS_NOT_FINITE if not logits_ok else _MAP_NOT_FINITE
+                for ok, logits_ok in zip(trusted.tolist(), finite_logits.tolist(), strict=True)
+            ]
             return Explanation(
-                maps=combined.detach().float().cpu().numpy(),
+                maps=maps.cpu().numpy(),
                 class_indices=class_indices.cpu().numpy(),
                 scores=scores.cpu().numpy(),
-                saliency=None if saliency is None else saliency.float().cpu().numpy(),
+                saliency=None if saliency is None else saliency.cpu().numpy(),
+                problems=problems,
+                blank=self._blank_reasons(maps, logits, trusted),
             )
+
+    def _blank_reasons(
+        self, maps: torch.Tensor, logits: torch.Tensor, trusted: torch.Tensor
+    ) -> list[list[str | None]]:
+        """Per image and target, why the map is zero everywhere (None where it is not)."""
+        zero = (maps == 0).flatten(2).all(dim=2) & trusted.view(-1, 1)
+        equal = (logits.amax(dim=1) == logits.amin(dim=1)).tolist()
+        layer = "+".join(self.layers)
+        reasons: list[list[str | None]] = []
+        for row, same in zip(zero.tolist(), equal, strict=True):
+            why = (
+                "all logits are equal (an untrained or zero head?)"
+                if same
+                else f"no positive evidence for this class at layer {layer}"
+            )
+            reasons.append([why if blank else None for blank in row])
+        return reasons
 
     def _augmented(
         self, batch: torch.Tensor, class_indices: torch.Tensor

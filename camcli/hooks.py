@@ -7,22 +7,27 @@ only tensors that can be differentiated are the activations themselves (no param
 receives a ``.grad``, and frozen or ``requires_grad=False`` models work).
 
 Each recorded activation is handed out as a (N, C, h, w) feature map whatever the layer's own
-layout (channels-last, or tokens with a class token; see ``camcli.layers.Layout``). For
-gradient methods that map is itself on the path to the logits: the hook rebuilds the layer's
-output from it, so ``torch.autograd.grad(score, activation)`` is the gradient on the grid.
+layout (channels-last, or tokens with a class token; see ``camcli.layers.Layout``). The rest of
+the network always runs from a fresh tensor rebuilt from that map (``with_spatial``), so the
+map is the layer's output exactly as the layer returned it: an in-place operation downstream
+(DenseNet's ``relu(inplace=True)``, a residual ``+=``) cannot change it. For gradient methods
+the map is itself on the path to the logits, so ``torch.autograd.grad(score, activation)`` is
+the gradient on the grid. Methods that feed a changed map back into the network (Ablation-CAM)
+go through ``substituted``, which puts it back into the layer's own layout the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from camcli.layers import first_tensor, spatial_layout
+from camcli.layers import Layout, first_tensor, spatial_layout
 
-__all__ = ["ActivationRecorder", "first_tensor"]
+__all__ = ["ActivationRecorder", "first_tensor", "substituted", "with_spatial"]
 
 
 def _replace_first_tensor(output: Any, new: torch.Tensor) -> Any:
@@ -38,6 +43,38 @@ def _replace_first_tensor(output: Any, new: torch.Tensor) -> Any:
     return output
 
 
+def with_spatial(output: Any, layout: Layout | None, spatial: torch.Tensor) -> Any:
+    """``output`` with its tensor replaced by a fresh one built from ``spatial`` (N', C, h, w)
+    in ``layout``, the layer's own (channels-last, tokens with the layer's leading tokens).
+
+    ``N'`` may differ from the layer's batch (one image's ablated copies); with no grid layout
+    ``spatial`` is the replacement as it is, copied. The one way a map goes back into a network.
+    """
+    if layout is None:
+        return _replace_first_tensor(output, spatial.clone())
+    return _replace_first_tensor(output, layout.from_spatial(spatial, first_tensor(output)))
+
+
+@contextlib.contextmanager
+def substituted(
+    module: nn.Module, spatial: torch.Tensor, input_hw: tuple[int, int]
+) -> Iterator[None]:
+    """Within the block ``module``'s output is replaced by ``spatial`` (N', C, h, w) put back
+    into the output's own layout for an input of ``input_hw`` pixels (``with_spatial``)."""
+
+    def hook(module: nn.Module, args: Any, output: Any) -> Any:
+        tensor = first_tensor(output)
+        if tensor is None:
+            raise TypeError(f"{type(module).__name__} produced no tensor to replace")
+        return with_spatial(output, spatial_layout(tensor.shape, input_hw), spatial)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class ActivationRecorder:
     """Record the outputs of ``layers`` (name -> module) during the forward passes in the block.
 
@@ -45,9 +82,9 @@ class ActivationRecorder:
     the output as it is. With ``grad=True`` call the model under ``torch.no_grad()``: the first
     hooked layer's map becomes a leaf that requires grad and switches autograd on for the rest
     of the forward (``no_grad``'s exit restores the caller's mode). Later hooked layers are
-    recorded inside that graph. Downstream modules receive a fresh tensor built from the map,
-    so an in-place op after the layer (DenseNet's ``relu(inplace=True)``) cannot change what
-    was recorded.
+    recorded inside that graph. With or without gradients, downstream modules receive a fresh
+    tensor built from the map, so an in-place op after the layer (DenseNet's
+    ``relu(inplace=True)``) cannot change what was recorded.
 
     With ``dtype`` (float32 under bf16/fp16 autocast) a floating activation is recorded in that
     dtype and the rest of the forward runs from the recorded copy (autocast casts it down again
@@ -83,22 +120,13 @@ class ActivationRecorder:
             if self.dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(self.dtype)
             layout = spatial_layout(tensor.shape, self._input_hw)
-            if not self.grad:
-                self.activations[name] = tensor if layout is None else layout.to_spatial(tensor)
-                return None
-            if layout is None:
-                # Not a grid: recorded as it is, for the caller to reject with a clear message.
-                recorded = tensor if tensor.requires_grad else tensor.detach().requires_grad_()
-                torch.set_grad_enabled(True)
-                self.activations[name] = recorded
-                return _replace_first_tensor(output, recorded.clone())
-            if tensor.requires_grad:
-                spatial = layout.to_spatial(tensor)
-            else:
-                spatial = layout.to_spatial(tensor.detach()).detach().requires_grad_(True)
+            # Not a grid: recorded as it is, for the caller to reject with a clear message.
+            spatial = tensor if layout is None else layout.to_spatial(tensor)
+            if self.grad and not tensor.requires_grad:
+                spatial = spatial.detach().requires_grad_(True)
                 torch.set_grad_enabled(True)
             self.activations[name] = spatial
-            return _replace_first_tensor(output, layout.from_spatial(spatial, tensor))
+            return with_spatial(output, layout, spatial)
 
         return hook
 

@@ -4,14 +4,45 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from camcli.errors import InputError
+
+DEFAULT_MAX_PIXELS = 100_000_000
+# load_image checks the declared size itself, before decoding, against a limit the user can
+# raise (--max-pixels). Pillow's own process-wide limit (an error at 179 MP, also checked by
+# the GIF, TIFF, ICO and WebP plugins) would refuse a raised limit with its own message.
+Image.MAX_IMAGE_PIXELS = None
+
+# Suffix -> (Pillow format, the Pillow module or codec that decodes it). Only these formats
+# are ever decoded: Image.open gets them as ``formats=``, so a file that is really EPS (which
+# Pillow hands to Ghostscript) or any other plugin's format is refused whatever its name.
+_SUFFIX_FORMATS = {
+    ".jpg": ("JPEG", "jpg"), ".jpeg": ("JPEG", "jpg"), ".jpe": ("JPEG", "jpg"),
+    ".png": ("PNG", "zlib"), ".bmp": ("BMP", None), ".gif": ("GIF", None),
+    ".tif": ("TIFF", None), ".tiff": ("TIFF", None), ".webp": ("WEBP", "webp"),
+    ".ppm": ("PPM", None), ".pgm": ("PPM", None), ".pbm": ("PPM", None), ".pnm": ("PPM", None),
+    ".tga": ("TGA", None), ".jp2": ("JPEG2000", "jpg_2000"), ".j2k": ("JPEG2000", "jpg_2000"),
+    ".ico": ("ICO", None), ".avif": ("AVIF", "avif"),
+}  # fmt: skip
+
+
+def _decodable(feature: str | None) -> bool:
+    if feature is None:
+        return True
+    known = feature in features.modules or feature in features.codecs
+    return known and bool(features.check(feature))
+
+
+_AVAILABLE = {suffix: fmt for suffix, (fmt, need) in _SUFFIX_FORMATS.items() if _decodable(need)}
+IMAGE_SUFFIXES = frozenset(_AVAILABLE)
+DECODED_FORMATS = tuple(sorted(set(_AVAILABLE.values())))
 
 _BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -71,17 +102,23 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def display_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as text that prints and encodes anywhere: bytes of a file name that are not
+    UTF-8 (kept by Python as lone surrogates) are shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, UnidentifiedImageError):
-        return "not an image, or a format Pillow cannot read"
-    if isinstance(exc, Image.DecompressionBombError):
-        return f"image too large ({exc})"
+        return "not an image, or a format camcli does not read"
     if isinstance(exc, FileNotFoundError):
         return "no such file"
     if isinstance(exc, IsADirectoryError):
         return "is a directory"
     if isinstance(exc, PermissionError):
         return "permission denied"
+    if isinstance(exc, OSError) and exc.errno == errno.ENXIO:  # opening a socket
+        return "not a regular file"
     if isinstance(exc, OSError) and exc.errno is not None:
         return os.strerror(exc.errno) if exc.errno != errno.EIO else "I/O error"
     text = str(exc).strip() or type(exc).__name__
@@ -90,29 +127,66 @@ def _reason(exc: BaseException) -> str:
     return f"cannot decode image ({text})"
 
 
-def load_image(path: str | os.PathLike[str]) -> Image.Image:
+def _open_regular(path: str | os.PathLike[str], name: str) -> BinaryIO:
+    """Open ``path`` for reading, refusing anything but a non-empty regular file.
+
+    O_NONBLOCK makes opening a FIFO or a device return at once instead of waiting for a
+    writer; the type is then checked on the open descriptor itself (no race with a file
+    swapped in between), and the image is decoded from that same descriptor.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise InputError(f"{name}: is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"{name}: not a regular file")
+        if info.st_size == 0:
+            raise InputError(f"{name}: empty file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _check_pixels(size: tuple[int, int], limit: int, name: str) -> None:
+    width, height = size
+    if limit and width * height > limit:
+        raise InputError(
+            f"{name}: {width} x {height} = {width * height / 1e6:.1f} MP is over the "
+            f"{limit / 1e6:.1f} MP limit (--max-pixels)"
+        )
+
+
+def load_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> Image.Image:
     """Read an image file as an RGB PIL image at its own size, EXIF orientation applied.
 
+    ``max_pixels`` bounds width x height as the file declares it, checked before anything is
+    decoded (None: ``DEFAULT_MAX_PIXELS``; 0: no limit). Only regular files are read, and only
+    in the formats of ``IMAGE_SUFFIXES``; a FIFO or a device never blocks.
     Raises InputError("<path>: <reason>") for anything that is not a readable image.
     """
-    path = Path(path)
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    name = display_path(path)
     try:
-        if path.is_file() and path.stat().st_size == 0:
-            raise InputError(f"{path}: empty file")
-        with warnings.catch_warnings():
+        with _open_regular(path, name) as stream, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EXIF and palette warnings are not the user's concern
-            with Image.open(path) as img:
+            with Image.open(stream, formats=DECODED_FORMATS) as img:
+                _check_pixels(img.size, limit, name)
                 img.load()
                 img = ImageOps.exif_transpose(img) or img
                 if img.width < 1 or img.height < 1:
-                    raise InputError(f"{path}: image has no pixels")
+                    raise InputError(f"{name}: image has no pixels")
                 return to_rgb(img)
     except InputError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as exc:
-        raise InputError(f"{path}: {_reason(exc)}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InputError(f"{name}: {_reason(exc)}") from None
 
 
+# Up to this many pixels model_view resizes the whole image and crops, bit-exact with
+# torchvision (a 64:1 panorama at 256 px); beyond, it resamples only the crop box.
+_RESIZE_WHOLE_MAX_PIXELS = 1 << 22
 _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -141,12 +215,20 @@ def model_view(image: Image.Image, preprocess: Preprocess) -> tuple[np.ndarray, 
     if new_w < size or new_h < size:  # pad-free: grow until the crop fits
         scale = size / min(new_w, new_h)
         new_w, new_h = max(size, round(new_w * scale)), max(size, round(new_h * scale))
-    resized = image.resize((new_w, new_h), resample)
     top = round((new_h - size) / 2.0)
     left = round((new_w - size) / 2.0)
-    view = np.asarray(resized)[top : top + size, left : left + size]
     sx, sy = width / new_w, height / new_h
     box = Box(left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    if new_w * new_h <= _RESIZE_WHOLE_MAX_PIXELS:
+        view = np.asarray(image.resize((new_w, new_h), resample))[
+            top : top + size, left : left + size
+        ]
+    else:
+        # Resampling only the crop box (the same source centres and filter supports; Pillow
+        # takes the box in float32, so levels may differ by rounding) never makes the whole
+        # resized image, which for a 65000 x 1 px image would be 256 x 16.6M px.
+        crop = (box.x0, box.y0, box.x1, box.y1)
+        view = np.asarray(image.resize((size, size), resample, box=crop))
     return np.ascontiguousarray(view), box
 
 

@@ -84,16 +84,18 @@ class Layout:
         return tensor
 
     def from_spatial(self, spatial: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-        """A fresh tensor in the layer's own layout built from ``spatial`` (N, C, h, w).
+        """A fresh tensor in the layer's own layout built from ``spatial`` (N', C, h, w).
 
-        The leading tokens are taken from ``original``. Fresh memory, so in-place operations
+        The leading tokens are taken from ``original`` (N, P + h*w, C); with N = 1 they are
+        shared by all N' rows (copies of one image). Fresh memory, so in-place operations
         downstream cannot change the recorded activation.
         """
         if self.kind == "nhwc":
             return spatial.permute(0, 2, 3, 1).clone(memory_format=torch.contiguous_format)
         if self.kind == "tokens":
             tokens = spatial.flatten(2).transpose(1, 2)
-            return torch.cat([original[:, : self.prefix], tokens], dim=1)
+            leading = original[:, : self.prefix].to(tokens.dtype)
+            return torch.cat([leading.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         return spatial.clone()
 
 

@@ -9,9 +9,12 @@ import functools
 import importlib
 import importlib.util
 import io
+import itertools
 import os
 import pickle
+import stat
 import sys
+import warnings
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +26,16 @@ from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 from torchvision.models._api import WeightsEnum
 
-from camcli.errors import CheckpointError, UsageError, WeightsUnavailableError
+from camcli.errors import CamcliWarning, CheckpointError, UsageError, WeightsUnavailableError
 from camcli.images import Preprocess
 
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 _AUX_PREFIXES = ("AuxLogits.", "aux1.", "aux2.")
+# The random initialisation of ``--weights none``: fixed, so that its runs are reproducible.
+RANDOM_INIT_SEED = 0
+# Real label lists are kilobytes (ImageNet-21k's is about 300 KB); this is only a guard
+# against reading a disk image or a log by mistake.
+_LABELS_MAX_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -379,6 +387,113 @@ def _build(name: str, num_classes: int | None) -> nn.Module:
     return get_model(name, weights=None, **kwargs)
 
 
+def _seeded_build(name: str, num_classes: int | None) -> nn.Module:
+    """``_build`` with random weights from ``RANDOM_INIT_SEED``: ``--weights none`` gives the
+    same model on every run (so baselines made with it match), and the caller's global RNG
+    state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return _build(name, num_classes)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure (host or accelerator), not a fault of the model."""
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        words in text for words in ("out of memory", "can't allocate", "not enough memory")
+    )
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device``; None where that cannot be known (MPS)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _gigabytes(size: int) -> str:
+    return f"{size / 1e9:.1f} GB"
+
+
+def _feature_bytes(model: nn.Module, size: int) -> int | None:
+    """Bytes of every leaf module's output for one ``size`` px image (what a backward pass
+    keeps), from a forward pass on the meta device; None if the model cannot run there."""
+    total = 0
+
+    def count(module: nn.Module, inputs: Any, output: Any) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.empty(1, 3, size, size, device="meta"))
+    except Exception:  # shapes the model refuses: the real probe reports them
+        return None
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def _check_memory(
+    name: str, num_classes: int | None, input_size: int | None, device: torch.device
+) -> None:
+    """Refuse a head or an input size that cannot fit, before anything is allocated.
+
+    An allocation larger than memory ends in an allocator traceback, or worse in swapping.
+    The model built on the meta device has exact sizes and costs nothing; a forward pass
+    there gives the feature maps' sizes. A user's own factory is not run an extra time.
+    """
+    if (num_classes is None and input_size is None) or custom_factory(name) is not None:
+        return
+    free = available_memory(device)
+    if free is None:
+        return
+    try:
+        with torch.device("meta"):
+            model = _build(name, num_classes)
+    except Exception:  # a builder that meta tensors cannot run: allocation errors are caught later
+        return
+    if num_classes is not None:
+        tensors = itertools.chain(model.parameters(), model.buffers())
+        needed = sum(t.numel() * t.element_size() for t in tensors)
+        if needed > free:
+            head = _head_layer(model)
+            head_bytes = sum(
+                p.numel() * p.element_size() for p in (head[1].parameters() if head else ())
+            )
+            raise UsageError(
+                f"--num-classes {num_classes}: not enough memory to build a "
+                f"{num_classes}-class head ({_gigabytes(head_bytes or needed)}; "
+                f"{_gigabytes(free)} available on {device})"
+            )
+    if input_size is not None:
+        needed = _feature_bytes(model, input_size)
+        if needed is not None and needed > free:
+            raise UsageError(
+                f"--input-size {input_size}: not enough memory for a forward pass at "
+                f"{input_size} px (about {_gigabytes(needed)} of feature maps for one image; "
+                f"{_gigabytes(free)} available on {device})"
+            )
+
+
 def _load_checkpoint_into(
     name: str, state: dict[str, torch.Tensor], num_classes: int | None, path: Path
 ) -> nn.Module:
@@ -411,16 +526,75 @@ def _load_checkpoint_into(
             + "; ".join(problems)
             + ")"
         )
+    _check_dtypes(state, expected, name, path)
     model.load_state_dict(state, strict=True)
     return model
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _check_dtypes(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], name: str, path: Path
+) -> None:
+    """Refuse integer or bool tensors for float parameters (``load_state_dict`` would cast
+    them silently into nonsense weights); say so once when floats change width (fp16 -> fp32).
+    """
+    resized: list[str] = []
+    for key, value in expected.items():
+        given = state[key]
+        if given.dtype == value.dtype or not value.is_floating_point():
+            continue
+        if not given.is_floating_point():
+            raise CheckpointError(
+                f"{path}: {key} is {_dtype_name(given.dtype)} but {name} needs "
+                f"{_dtype_name(value.dtype)} there; an integer or bool tensor is not a weight "
+                "(was the checkpoint quantised or saved from the wrong tensors?)"
+            )
+        resized.append(key)
+    if resized:
+        first = resized[0]
+        warnings.warn(
+            f"{path}: {len(resized)} tensor(s) are {_dtype_name(state[first].dtype)} (first: "
+            f"{first}); loaded as {_dtype_name(expected[first].dtype)}",
+            CamcliWarning,
+            stacklevel=3,
+        )
+
+
 def read_labels(path: str | os.PathLike[str]) -> list[str]:
+    """Class names, one per line, from a regular UTF-8 text file (a byte-order mark is fine).
+
+    The file is opened non-blocking and checked with ``fstat`` before reading, so that a FIFO
+    or a device (``/dev/zero``) is refused at once instead of blocking or reading forever.
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read labels file ({exc})") from None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read labels file ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise UsageError(
+                f"{path}: not a regular file (--labels takes a text file, one class name per line)"
+            )
+        if info.st_size > _LABELS_MAX_BYTES:
+            raise UsageError(
+                f"{path}: {info.st_size / 2**20:.0f} MiB is too large for a labels file "
+                f"(at most {_LABELS_MAX_BYTES // 2**20} MiB, one class name per line)"
+            )
+        try:
+            data = file.read(_LABELS_MAX_BYTES + 1)
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read labels file ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{path}: labels file is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
     labels = [line.strip() for line in text.splitlines() if line.strip()]
     if not labels:
         raise UsageError(f"{path}: labels file is empty (expected one class name per line)")
@@ -450,27 +624,46 @@ def load_model(
         raise UsageError(f"unknown fit {fit!r} (use crop or stretch)")
     if num_classes is not None and num_classes < 1:
         raise UsageError("--num-classes must be at least 1")
-    if checkpoint is not None:
-        chosen = None
-        state = read_checkpoint(checkpoint)
-        model = _load_checkpoint_into(name, state, num_classes, Path(checkpoint))
-    elif custom_factory(name) is not None:
-        if weights is not None and weights.lower() not in ("none", "default"):
-            raise UsageError(f"--weights {weights}: a custom --model has no named weights")
-        chosen = None
-        model = _build(name, num_classes)
-    else:
-        chosen = resolve_weights(name, weights)
-        if chosen is not None:
-            if num_classes is not None and num_classes != len(chosen.meta["categories"]):
-                raise UsageError(
-                    f"--num-classes {num_classes} does not fit pretrained weights "
-                    f"{chosen.name} ({len(chosen.meta['categories'])} classes); use --checkpoint"
-                )
-            model = _load_pretrained(name, chosen, progress)
+    if input_size is not None and input_size < 16:
+        raise UsageError("--input-size must be at least 16")
+    named = weights is not None and weights.lower() not in ("none", "default")
+    if checkpoint is not None and named:
+        raise UsageError(
+            f"--weights {weights} and --checkpoint conflict: the checkpoint replaces the "
+            "weights; leave --weights out"
+        )
+    _check_memory(name, num_classes, input_size, dev)
+    try:
+        if checkpoint is not None:
+            chosen = None
+            state = read_checkpoint(checkpoint)
+            model = _load_checkpoint_into(name, state, num_classes, Path(checkpoint))
+        elif custom_factory(name) is not None:
+            if named:
+                raise UsageError(f"--weights {weights}: a custom --model has no named weights")
+            chosen = None
+            model = _seeded_build(name, num_classes)
         else:
-            model = _build(name, num_classes)
-    model.eval().to(dev)
+            chosen = resolve_weights(name, weights)
+            if chosen is not None:
+                if num_classes is not None and num_classes != len(chosen.meta["categories"]):
+                    raise UsageError(
+                        f"--num-classes {num_classes} does not fit pretrained weights "
+                        f"{chosen.name} ({len(chosen.meta['categories'])} classes); "
+                        "use --checkpoint"
+                    )
+                model = _load_pretrained(name, chosen, progress)
+            else:
+                model = _seeded_build(name, num_classes)
+        model.eval().to(dev)
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        classes = f" with {num_classes} classes" if num_classes is not None else ""
+        raise UsageError(
+            f"not enough memory to build {name}{classes} on {dev} "
+            f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})"
+        ) from None
     channels_last = use_channels_last(model, dev)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -483,8 +676,6 @@ def load_model(
     if isinstance(fixed, int) and fixed != preprocess.crop_size:
         preprocess = preprocess.with_input_size(fixed)
     if input_size is not None:
-        if input_size < 16:
-            raise UsageError("--input-size must be at least 16")
         if isinstance(fixed, int) and input_size != fixed:
             raise UsageError(
                 f"--input-size {input_size}: {name} takes {fixed} px inputs only "

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import io
 import json
 import os
 import re
-import tempfile
-from collections.abc import Iterable
+import secrets
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -18,19 +19,34 @@ import numpy as np
 from camcli.errors import UsageError
 
 FORMATS = ("jpg", "png", "npy")
-MANIFEST = "manifest.jsonl"
 JPEG_QUALITY = 92
 
 
-def output_path(out: Path, rel: PurePosixPath, method: str, tag: str, fmt: str) -> Path:
-    """``OUT/<rel>.<method>.<tag>.<fmt>``: ``a/x.jpg`` -> ``OUT/a/x.jpg.gradcam.top1.png``.
+def output_path(
+    out: Path, rel: PurePosixPath, method: str, tag: str, fmt: str, layer: str | None = None
+) -> Path:
+    """``OUT/<rel>.<method>[.<layer>].<tag>.<fmt>``: ``a/x.jpg`` -> ``OUT/a/x.jpg.gradcam.top1.png``.
 
     The input's own extension stays in the name, so ``x.jpg`` and ``x.png`` never collide.
+    ``layer`` (the layers the user chose, ``layer3`` or ``layer3+layer4``; None for the
+    automatic one) keeps the maps of different layers apart: ``x.jpg.gradcam.layer3.top1.jpg``.
     """
-    name = f"{rel.name}.{method}.{slug(tag)}.{fmt}"
-    path = out.joinpath(*rel.parent.parts, name)
+    parts = [rel.name, method, *([layer_slug(layer)] if layer else []), slug(tag), fmt]
+    path = out.joinpath(*rel.parent.parts, ".".join(parts))
     ensure_inside(out, path)
     return path
+
+
+def layer_slug(layer: str, limit: int = 64) -> str:
+    """A layer name for a file name: dots kept (``features.28``); a long one shortened + hashed.
+
+    File names have a 255-byte limit that several long dotted names would pass.
+    """
+    text = re.sub(r"[^A-Za-z0-9_.+-]+", "_", layer).strip("._") or "layer"
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha1(layer.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{text[: limit - 11]}-{digest}"
 
 
 def slug(text: str, fallback: str = "map") -> str:
@@ -45,10 +61,31 @@ def ensure_inside(out: Path, path: Path) -> None:
         raise UsageError(f"{path}: refusing to write outside the output folder {out}")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, then rename it into place."""
+def create_temp(folder: Path, name: str) -> tuple[int, Path]:
+    """A new, empty ``folder/.<name>.<random>.tmp`` opened for writing: (fd, path).
+
+    Created with mode 0o666 so the kernel applies the umask, as for any file a program
+    writes (``mkstemp`` would make every output 0600).
+    """
+    for _ in range(100):
+        path = folder / f".{name[:100]}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileExistsError:
+            continue
+        return fd, path
+    raise FileExistsError(errno.EEXIST, "no free temp file name", str(folder))
+
+
+def write_atomic(path: Path, data: bytes, temp_dir: Path | None = None) -> None:
+    """Write ``data`` to a temp file, then rename it to ``path``: no reader sees half a file.
+
+    The temp file goes in ``temp_dir`` (the output folder's own, on the same file system, so
+    that a run killed with SIGKILL leaves its temp files where the next run finds them), or
+    beside ``path``. It is removed on any failure, a full disk included.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = create_temp(temp_dir or path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -89,49 +126,3 @@ def encode_npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
     return buffer.getvalue()
-
-
-def read_manifest(out: Path) -> dict[tuple[str, str | None], dict[str, Any]]:
-    """An earlier run's records keyed by (input, target tag), for ``--skip-existing``."""
-    records: dict[tuple[str, str | None], dict[str, Any]] = {}
-    path = out / MANIFEST
-    if not path.is_file():
-        return records
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and "input" in record:
-                records[(record["input"], record.get("target"))] = record
-    return records
-
-
-class ManifestWriter:
-    """Appends records to a hidden temp file; ``close`` renames it to ``manifest.jsonl``.
-
-    Lines are flushed as they come, so the memory used stays flat however many images run.
-    """
-
-    def __init__(self, out: Path) -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        self.path = out / MANIFEST
-        fd, self._tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=out)
-        self._handle = os.fdopen(fd, "w", encoding="utf-8")
-
-    def write(self, records: Iterable[dict[str, Any]]) -> None:
-        for record in records:
-            self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._handle.flush()
-
-    def close(self) -> None:
-        self._handle.close()
-        os.replace(self._tmp, self.path)
-
-    def __enter__(self) -> ManifestWriter:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if not self._handle.closed:
-            self.close()

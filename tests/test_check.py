@@ -671,3 +671,66 @@ def test_an_image_that_breaks_during_the_run_errors_and_blocks_baseline_updates(
     assert root.get("tests") == "2" and root.get("errors") == "1" and root.get("failures") == "0"
     (error,) = root.iter("error")
     assert "deleted mid-run" in error.get("message")
+
+
+# --- report paths: checked before anything is computed -----------------------------------
+
+
+def _plain_file(tmp_path: Path) -> Path:
+    plain = tmp_path / "plain.txt"
+    plain.write_text("a regular file\n")
+    return plain
+
+
+# option, the path given (from tmp_path), the reason the error line must end with
+REPORT_PATHS = {
+    "junit is a directory": (
+        "--junit",
+        lambda t: t,
+        lambda t: "is a directory; give a file name such as report.xml",
+    ),
+    "junit below a regular file": (
+        "--junit",
+        lambda t: _plain_file(t) / "reports" / "junit.xml",
+        lambda t: f"cannot be written: {t / 'plain.txt'} is not a directory",
+    ),
+    "junit in /proc": (
+        "--junit",
+        lambda t: Path("/proc/camcli-check/junit.xml"),
+        lambda t: "cannot be written: cannot create a file in /proc (No such file or directory)",
+    ),
+    "save-failures is a regular file": (
+        "--save-failures",
+        _plain_file,
+        lambda t: "exists and is not a directory",
+    ),
+    "save-failures below a regular file": (
+        "--save-failures",
+        lambda t: _plain_file(t) / "failures",
+        lambda t: f"cannot be written: {t / 'plain.txt'} is not a directory",
+    ),
+    "save-failures in /proc": (
+        "--save-failures",
+        lambda t: Path("/proc/camcli-check/failures"),
+        lambda t: "cannot be written: cannot create a file in /proc (No such file or directory)",
+    ),
+}
+
+
+@pytest.mark.parametrize("key", list(REPORT_PATHS))
+def test_an_unwritable_report_path_is_exit_2_before_anything_runs(
+    key, spec_dir, tmp_path, no_compute
+):
+    option, make_path, reason = REPORT_PATHS[key]
+    corners = [corner_box(b) for b in spec_dir["boxes"][:1]]
+    spec = write_spec(
+        spec_dir["folder"],
+        "paths.toml",
+        model_table()
+        + case_table(image="img/shape0.png", expect_class=spec_dir["labels"][0], box=corners[0]),
+    )
+    path = make_path(tmp_path)
+    result = invoke(spec, "--json", option, path)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [f"error: {option} {path}: {reason(tmp_path)}"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from camcli.hooks import _replace_first_tensor
+from camcli.hooks import substituted
 from camcli.methods.base import CamContext, CamMethod, require_context, weighted_maps
 
 
@@ -15,7 +15,9 @@ class AblationCAM(CamMethod):
 
     Desai & Ramaswamy 2020, "Ablation-CAM: Visual Explanations for Deep Convolutional
     Network via Gradient-free Localization", WACV 2020. The ablated copies of the layer's
-    output replace it in a forward hook, a chunk of channels at a time, under
+    output, built on the (N, C, h, w) grid, replace it in a forward hook in the layer's own
+    layout (channels-last, or tokens with the image's own class token: the patch tokens'
+    channel is zeroed, the class token kept), a chunk of channels at a time, under
     ``inference_mode``. The input fed is one image, and the hook returns ``k`` ablated copies,
     so the layers before the hooked one run once per chunk, not ``k`` times; a model that
     cannot take a batch change mid-network gets ``k`` copies of the input instead. Channels
@@ -34,12 +36,8 @@ class AblationCAM(CamMethod):
         self, context: CamContext, image: torch.Tensor, copies: torch.Tensor
     ) -> torch.Tensor:
         assert context.module is not None
-
-        def hook(module: nn.Module, args: object, output: object) -> object:
-            return _replace_first_tensor(output, copies)
-
-        handle = context.module.register_forward_hook(hook)
-        try:
+        input_hw = (int(image.shape[-2]), int(image.shape[-1]))
+        with substituted(context.module, copies, input_hw):
             if not self.expand_input:
                 try:
                     logits = context.forward(image)
@@ -49,8 +47,6 @@ class AblationCAM(CamMethod):
                     pass
                 self.expand_input = True
             return context.forward(image.expand(copies.shape[0], *image.shape[1:]))
-        finally:
-            handle.remove()
 
     def compute(
         self,

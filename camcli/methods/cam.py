@@ -19,6 +19,13 @@ class CAM(CamMethod):
     flatten in between are fine), so that ``logits = W mean_hw(A) + b``. For all classes at
     once this is a 1x1 convolution of ``A`` with ``W``; no gradient is needed. The raw map has
     no ReLU (it is the formula itself); negative evidence is clipped only when rendering.
+
+    Where the head applies a ReLU before the pooling (torchvision's DenseNet: ``features``,
+    then ``relu``, average, ``classifier``), ``logits = W mean_hw(ReLU(A)) + b`` and the map is
+    ``M_c = sum_k w_k^c ReLU(A_k)``: CAM of the rectified features, whose spatial mean plus the
+    bias is still the logit. It is then not ``(h w)`` times Grad-CAM's map, which weighs
+    ``A`` itself by gradients that the ReLU zeroes where ``A < 0``. Both heads are recognised
+    on numbers (the probe's logits), whatever the modules are.
     """
 
     name = "cam"
@@ -27,6 +34,8 @@ class CAM(CamMethod):
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
         self.linear: nn.Linear | None = None
+        #: Whether the head rectifies the layer's output before pooling (DenseNet).
+        self.relu = False
 
     def check(self, layer: str, activation: torch.Tensor, logits: torch.Tensor) -> None:
         if activation.ndim != 4:
@@ -48,18 +57,20 @@ class CAM(CamMethod):
         ]
         # Checked on numbers, not on module types: in eval mode dropout is the identity, and
         # functional pooling or flattening in forward() is invisible to the module tree.
-        pooled = activation.float().mean(dim=(2, 3))
-        for linear in reversed(candidates):
-            predicted = nn.functional.linear(
-                pooled, linear.weight.float(), None if linear.bias is None else linear.bias.float()
-            )
-            tolerance = 1e-3 * max(1.0, float(logits.abs().max()))
-            if torch.allclose(predicted, logits.float(), atol=tolerance, rtol=1e-3):
-                self.linear = linear
-                return
+        tolerance = 1e-3 * max(1.0, float(logits.abs().max()))
+        for relu in (False, True):
+            features = torch.relu(activation.float()) if relu else activation.float()
+            pooled = features.mean(dim=(2, 3))
+            for linear in reversed(candidates):
+                bias = None if linear.bias is None else linear.bias.float()
+                predicted = nn.functional.linear(pooled, linear.weight.float(), bias)
+                if torch.allclose(predicted, logits.float(), atol=tolerance, rtol=1e-3):
+                    self.linear, self.relu = linear, relu
+                    return
         raise UsageError(
             f"cam needs the class scores to be one linear layer on the spatial average of "
-            f"layer {layer!r} (global average pooling + linear, dropout allowed); "
+            f"layer {layer!r} (global average pooling + linear, dropout and a ReLU before the "
+            "pooling allowed); "
             f"{self._head_problem(layer, channels, classes, bool(candidates))}; "
             "use --method gradcam (it works on any layer)"
         )
@@ -86,7 +97,11 @@ class CAM(CamMethod):
         """Maps for every class at once: one 1x1 convolution, (N, K, H, W)."""
         assert self.linear is not None, "check() must run first"
         weight = self.linear.weight.to(activation.dtype)
-        return nn.functional.conv2d(activation, weight[:, :, None, None]).float()
+        return nn.functional.conv2d(self.features(activation), weight[:, :, None, None]).float()
+
+    def features(self, activation: torch.Tensor) -> torch.Tensor:
+        """What the head pools: ``A``, or ``ReLU(A)`` where it rectifies first."""
+        return torch.relu(activation) if self.relu else activation
 
     def compute(
         self,
@@ -96,6 +111,7 @@ class CAM(CamMethod):
         context: CamContext | None = None,
     ) -> torch.Tensor:
         assert self.linear is not None, "check() must run first"
+        activation = self.features(activation)
         weight = self.linear.weight[targets].to(activation.dtype)  # (N, T, C)
         if context is not None and context.eigen_smooth:
             maps = [
