@@ -12,10 +12,11 @@ from torch import nn
 from torchvision.models import get_model
 from typer.testing import CliRunner
 
+import synthetic
 from camcli.cli import app
-from camcli.errors import CheckpointError
+from camcli.errors import CamcliWarning, CheckpointError
 from camcli.models import load_model
-from conftest import random_image
+from conftest import SYNTHETIC_MODEL, random_image
 
 runner = CliRunner()
 
@@ -142,3 +143,69 @@ def test_missing_keys_are_named(tmp_path):
     torch.save({k: v for k, v in state.items() if not k.startswith("features.0.")}, checkpoint)
     with pytest.raises(CheckpointError, match=r"missing keys: features\.0\.0\.weight"):
         load_model("mobilenet_v3_small", checkpoint=checkpoint, num_classes=5, device="cpu")
+
+
+def save_state(path, state):
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+
+
+def tiny_state(dtype):
+    """The synthetic CAM net's state dict with every float tensor turned into ``dtype``."""
+    state = synthetic.TinyCAMNet().state_dict()
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+@pytest.mark.parametrize(("dtype", "name"), [(torch.int64, "int64"), (torch.bool, "bool")])
+def test_integer_or_bool_weights_are_refused(tmp_path, suffix, dtype, name):
+    checkpoint = tmp_path / f"ints{suffix}"
+    save_state(checkpoint, tiny_state(dtype))
+    expected = rf"features\.0\.weight is {name} but .* needs float32"
+    with pytest.raises(CheckpointError, match=expected):
+        load_model(SYNTHETIC_MODEL, checkpoint=checkpoint, device="cpu", input_size=64)
+
+
+def test_integer_checkpoint_exits_2_from_the_cli(tmp_path):
+    checkpoint = tmp_path / "ints.safetensors"
+    save_state(checkpoint, tiny_state(torch.int32))
+    result, out = run_cli(tmp_path, SYNTHETIC_MODEL, checkpoint, "--input-size", "64")
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert "ints.safetensors: features.0.weight is int32 but" in message
+    assert "Traceback" not in result.output and not (out / "manifest.jsonl").exists()
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+@pytest.mark.parametrize(
+    ("dtype", "name"), [(torch.float16, "float16"), (torch.bfloat16, "bfloat16")]
+)
+def test_half_precision_weights_load_with_one_warning(tmp_path, suffix, dtype, name):
+    checkpoint = tmp_path / f"half{suffix}"
+    state = tiny_state(dtype)
+    save_state(checkpoint, state)
+    with pytest.warns(
+        CamcliWarning, match=rf"are {name} \(first: features\.0\.weight\); loaded as float32"
+    ) as caught:
+        loaded = load_model(SYNTHETIC_MODEL, checkpoint=checkpoint, device="cpu", input_size=64)
+    assert len([w for w in caught if w.category is CamcliWarning]) == 1
+    assert loaded.model.fc.weight.dtype == torch.float32
+    assert torch.equal(loaded.model.fc.weight, state["fc.weight"].float())
+
+
+def test_named_weights_with_a_checkpoint_conflict(tmp_path):
+    checkpoint = tmp_path / "finetuned.pt"
+    save_finetuned(checkpoint, "resnet18")
+    result, _ = run_cli(
+        tmp_path, "resnet18", checkpoint, "--weights", "IMAGENET1K_V1", "--input-size", "64"
+    )
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert "--weights IMAGENET1K_V1 and --checkpoint conflict" in message
+    # DEFAULT is what the CLI passes when --weights is left out: no conflict.
+    loaded = load_model("resnet18", checkpoint=checkpoint, weights="DEFAULT", device="cpu")
+    assert loaded.num_classes == 5
