@@ -21,7 +21,7 @@ from camcli.check.evaluation import evaluate
 from camcli.check.measure import in_boxes, map_similarity, peak_and_energy
 from camcli.check.pictures import save_failures
 from camcli.check.prepare import prepare
-from camcli.check.reports import junit_xml, report_json, summary_line, table
+from camcli.check.reports import junit_xml, report_json, summary_line, table, unwritable_reason
 from camcli.check.results import CaseResult, Outcome, Report
 from camcli.errors import EXIT_OK, UsageError
 from camcli.writers import write_atomic
@@ -50,14 +50,18 @@ def run_check(
 ) -> int:
     """Validate the spec (SpecError, exit 2, before any image is explained), run it, report.
 
-    Returns 0 when every expectation holds, 1 otherwise. Baselines are written (with
-    ``update_baselines``) only after every case has been computed.
+    Returns 0 when every expectation holds, 1 otherwise. The report paths are checked first
+    (UsageError, exit 2), so that a run is never lost to a report it cannot write. Baselines
+    are written (with ``update_baselines``) only after every case has been computed.
     """
     console = console or Console(stderr=True, highlight=False, soft_wrap=True)
-    if junit is not None and junit.is_dir():
-        raise UsageError(f"--junit {junit}: is a directory; give a file name such as report.xml")
-    if save_failures_to is not None and save_failures_to.exists() and not save_failures_to.is_dir():
-        raise UsageError(f"--save-failures {save_failures_to}: exists and is not a directory")
+    for option, path, folder in (
+        ("--junit", junit, False),
+        ("--save-failures", save_failures_to, True),
+    ):
+        reason = None if path is None else unwritable_reason(path, folder=folder)
+        if reason is not None:
+            raise UsageError(f"{option} {path}: {reason}")
     began = time.perf_counter()
     spec, loaded, explainer = prepare(
         spec_path, update_baselines=update_baselines, progress=console.is_terminal

@@ -1,8 +1,11 @@
-"""A Report -> the table and summary line on stderr, the ``--json`` object, JUnit XML."""
+"""A Report -> the table and summary line on stderr, the ``--json`` object, JUnit XML; and
+whether the report paths can be written at all, checked before the run."""
 
 from __future__ import annotations
 
+import os
 import socket
+import tempfile
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,6 +17,33 @@ from rich.table import Table
 from camcli.check.results import Outcome, Report, named
 from camcli.errors import EXIT_OK
 from camcli.writers import slug
+
+
+def unwritable_reason(path: Path, *, folder: bool) -> str | None:
+    """Why ``path`` (a file to write, or with ``folder`` a folder to fill) cannot be written;
+    None when it can.
+
+    Nothing is left behind: the nearest part of ``path`` that exists must be a folder in
+    which a file can be created (a probe file is created there and removed at once). That
+    is the only test that holds for root too, who passes every permission check but still
+    cannot write below a regular file, on a read-only file system or in ``/proc``.
+    """
+    if folder and path.exists() and not path.is_dir():
+        return "exists and is not a directory"
+    if not folder and path.is_dir():
+        return "is a directory; give a file name such as report.xml"
+    existing = path if folder else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot be written: {existing} is not a directory"
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".camcli-probe.", dir=existing)
+    except OSError as exc:
+        return f"cannot be written: cannot create a file in {existing} ({exc.strerror or exc})"
+    os.close(handle)
+    os.unlink(probe)
+    return None
 
 
 def _outcome_json(outcome: Outcome) -> dict[str, Any]:
