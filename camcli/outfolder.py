@@ -1,0 +1,246 @@
+"""The output folder of a run: checked before any work, locked, its temp files, its manifest.
+
+``OUT/.camcli.lock``
+    held with ``flock`` for the whole run and holding its PID: a second run into the same
+    folder stops at once ("in use by another camcli run (PID n)") instead of both writing.
+``OUT/.camcli-tmp/``
+    every temp file of the run, renamed into place when whole. A run killed with SIGKILL
+    leaves its temp files there; the next run (holding the lock) empties the folder first.
+``OUT/manifest.jsonl``
+    a log: each record is appended (and flushed) as its outputs are written, after the
+    records of earlier runs, and the log is compacted at the end of a run. Records are keyed
+    by (input, method, layer, target); the last record of a key wins, and a record for a
+    target drops the error record of the same (input, method, layer) before it: the image
+    works now. Readers take the last record per key, so the log a killed run left reads
+    right too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from camcli.errors import CamcliError, UsageError
+from camcli.writers import create_temp, json_line
+
+MANIFEST = "manifest.jsonl"
+LOCK_FILE = ".camcli.lock"
+TEMP_DIR = ".camcli-tmp"
+
+Record = dict[str, Any]
+Key = tuple[str, Any, Any, Any]
+
+
+def record_key(record: Record) -> Key:
+    return (record["input"], record.get("method"), record.get("layer"), record.get("target"))
+
+
+def compact(records: Iterable[Record]) -> list[Record]:
+    """The last record per key, in the order the keys first came (see the module docstring)."""
+    groups: dict[tuple[str, Any, Any], dict[Any, Record]] = {}
+    for record in records:
+        *image, target = record_key(record)
+        group = groups.setdefault(tuple(image), {})
+        if target is not None:
+            group.pop(None, None)
+        group[target] = record
+    return [record for group in groups.values() for record in group.values()]
+
+
+def _read_records(path: Path) -> Iterator[Record]:
+    """The records of a manifest file; a line that is not a record (cut short) is skipped."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("input"), str):
+                yield record
+
+
+def read_manifest(out: Path) -> dict[Key, Record]:
+    """The records of ``OUT/manifest.jsonl`` by key, the last one of each key."""
+    return {record_key(r): r for r in compact(_read_records(out / MANIFEST))}
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+class OutputFolder:
+    """``OUT`` for one run: ``open`` checks, creates and locks it; ``close`` releases it.
+
+    Folders that ``open`` created and the run left empty are removed again, so a run that
+    stops at a setup error (an unknown model...) leaves nothing behind.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out = Path(out)
+        self.manifest = self.out / MANIFEST
+        self.temp_dir = self.out / TEMP_DIR
+        self._lock_path = self.out / LOCK_FILE
+        self._created: list[Path] = []
+        self._lock: int | None = None
+        self._log: int | None = None
+
+    def open(self) -> OutputFolder:
+        """Raises UsageError (exit 2) naming the folder and the reason, before any work."""
+        try:
+            self._make_dirs()
+            self._lock = self._acquire()
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(self.temp_dir)  # what a killed run left
+            for stale in self.out.glob(".manifest.*.tmp"):  # left by camcli before 0.x
+                stale.unlink()
+            self.temp_dir.mkdir()
+            self._log = self._open_log()
+        except OSError as exc:
+            self.close()
+            raise UsageError(
+                f"{self.out}: cannot write to the output folder ({_reason(exc)})"
+            ) from None
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _make_dirs(self) -> None:
+        if self.out.exists() and not self.out.is_dir():
+            raise UsageError(f"{self.out}: not a folder (a file of that name is in the way)")
+        missing = []
+        for folder in (self.out, *self.out.parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    raise UsageError(f"{self.out}: cannot create the output folder ({folder} "
+                                     "is a file)")  # fmt: skip
+                break
+            missing.append(folder)
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:  # made by someone else meanwhile: not ours to remove
+                continue
+            self._created.append(folder)
+
+    def _acquire(self) -> int:
+        """The lock file's descriptor, locked, with this PID in it."""
+        while True:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                raise UsageError(f"{self.out}: in use by another camcli run (PID {pid})") from None
+            # The run before may have removed the file between our open and flock.
+            try:
+                same = os.stat(self._lock_path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+                return fd
+            os.close(fd)
+
+    def _open_log(self) -> int:
+        """The manifest opened for appending, a last line cut short by a crash removed."""
+        fd = os.open(self.manifest, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        size = os.fstat(fd).st_size
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            chunk = os.pread(fd, end - start, start)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+        if end != size:
+            os.ftruncate(fd, end)
+        return fd
+
+    def append(self, records: Iterable[Record]) -> None:
+        """Add records to the manifest now (a crash keeps them); a full disk adds none."""
+        assert self._log is not None, "open() first"
+        data = "".join(json_line(r) + "\n" for r in records).encode("utf-8")
+        start = os.lseek(self._log, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._log, view) :]
+        except BaseException as exc:
+            # Half a line would glue the next record onto it: back to the last whole line.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._log, start)
+            if isinstance(exc, OSError):
+                raise self._manifest_error(exc) from None
+            raise
+
+    def compact(self) -> None:
+        """Rewrite the manifest as its last record per key, atomically."""
+        if self._log is None:
+            return
+        records = compact(_read_records(self.manifest))
+        fd, tmp = create_temp(self.temp_dir, MANIFEST)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for record in records:
+                    handle.write(json_line(record).encode("utf-8") + b"\n")
+            os.replace(tmp, self.manifest)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise self._manifest_error(exc) from None
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _manifest_error(self, exc: OSError) -> CamcliError:
+        return CamcliError(f"{self.manifest}: cannot write the manifest ({_reason(exc)})")
+
+    def close(self) -> None:
+        """Release the folder: temp files and lock removed, empty folders it made too."""
+        if self._log is not None:
+            os.close(self._log)
+            self._log = None
+            with contextlib.suppress(OSError):
+                if self.manifest.stat().st_size == 0:
+                    self.manifest.unlink()
+        if self._lock is not None:
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(self.temp_dir)
+            # Removed while still locked: a run that opened this file meanwhile sees it gone.
+            with contextlib.suppress(FileNotFoundError):
+                self._lock_path.unlink()
+            os.close(self._lock)
+            self._lock = None
+        for folder in reversed(self._created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        self._created = []
+
+    def __enter__(self) -> OutputFolder:
+        return self.open()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def check_output_folder(out: Path) -> None:
+    """UsageError (exit 2) now, before the model loads, if ``out`` cannot take a run's outputs:
+    a file in the way, a folder that cannot be written, another run using it. Opens and
+    releases the folder, so nothing is left behind."""
+    OutputFolder(out).open().close()

@@ -1,0 +1,51 @@
+"""SIGINT and SIGTERM during a run: raised as ``Interrupted`` (a KeyboardInterrupt) in the main
+thread, so that ``timeout``, ``docker stop`` or a CI cancel stop a run as cleanly as Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal; ``exit_code`` is 128 + its number (130 SIGINT, 143 SIGTERM)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
+
+
+def _raise(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _handlers(handler: signal.Handlers | object) -> Iterator[None]:
+    # Only the main thread may set handlers; a run driven from another thread keeps the
+    # process's own.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in HANDLED}  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            if old is not None:  # None: a handler set from C, which Python cannot restore
+                signal.signal(s, old)
+
+
+def interrupts_raise() -> contextlib.AbstractContextManager[None]:
+    """While inside, SIGINT and SIGTERM raise ``Interrupted`` in the main thread."""
+    return _handlers(_raise)
+
+
+def interrupts_ignored() -> contextlib.AbstractContextManager[None]:
+    """While inside, SIGINT and SIGTERM are ignored: clean-up a second Ctrl-C must not cut."""
+    return _handlers(signal.SIG_IGN)
