@@ -734,3 +734,39 @@ def test_an_unwritable_report_path_is_exit_2_before_anything_runs(
     assert result.exit_code == 2, result.output
     assert result.stdout == ""
     assert result.stderr.splitlines() == [f"error: {option} {path}: {reason(tmp_path)}"]
+
+
+def test_save_failures_says_where_and_how_many_and_lists_them_in_json(spec_dir, tmp_path):
+    boxes = spec_dir["boxes"]
+    spec = write_spec(
+        spec_dir["folder"],
+        "save.toml",
+        model_table()
+        + case_table(name="good", image="img/shape0.png", box=boxes[0])
+        + case_table(name="bad one", image="img/shape1.png", box=corner_box(boxes[1]))
+        + case_table(name="bad two", image="img/shape2.png", box=corner_box(boxes[2])),
+    )
+    folder = tmp_path / "out" / "failures"
+    result = invoke(spec, "--json", "--save-failures", folder)
+    assert result.exit_code == 1, result.output
+    files = [str(folder / "02-bad_one.png"), str(folder / "03-bad_two.png")]
+    assert sorted(str(p) for p in folder.iterdir()) == files
+    assert result.stderr.splitlines()[-1] == f"saved 2 failure pictures to {folder}"
+    report = results(result)
+    assert report["failure_pictures"] == {"folder": str(folder), "files": files}
+    assert [c.get("failure_overlays") for c in report["cases"]] == [None, files[:1], files[1:]]
+
+    passing = write_spec(
+        spec_dir["folder"],
+        "save-pass.toml",
+        model_table() + case_table(image="img/shape0.png", box=boxes[0]),
+    )
+    empty = tmp_path / "none"
+    result = invoke(passing, "--json", "--save-failures", empty)
+    assert result.exit_code == 0, result.output
+    assert (
+        result.stderr.splitlines()[-1] == f"saved no failure pictures to {empty}: every case passed"
+    )
+    assert results(result)["failure_pictures"] == {"folder": str(empty), "files": []}
+    assert not empty.exists()
+    assert "failure_pictures" not in results(invoke(passing, "--json"))

@@ -21,7 +21,14 @@ from camcli.check.evaluation import evaluate
 from camcli.check.measure import in_boxes, map_similarity, peak_and_energy
 from camcli.check.pictures import save_failures
 from camcli.check.prepare import prepare
-from camcli.check.reports import junit_xml, report_json, summary_line, table, unwritable_reason
+from camcli.check.reports import (
+    failures_line,
+    junit_xml,
+    report_json,
+    summary_line,
+    table,
+    unwritable_reason,
+)
 from camcli.check.results import CaseResult, Outcome, Report
 from camcli.errors import EXIT_OK, UsageError
 from camcli.writers import write_atomic
@@ -67,7 +74,7 @@ def run_check(
         spec_path, update_baselines=update_baselines, progress=console.is_terminal
     )
     results = evaluate(spec, loaded, explainer, update_baselines=update_baselines)
-    report = Report(spec, loaded, explainer, results, 0.0, update_baselines)
+    report = Report(spec, loaded, explainer, results, 0.0, update_baselines, save_failures_to)
     if update_baselines:
         write_baselines(results, console, loaded.preprocess.crop_size)
     if save_failures_to is not None and report.exit_code != EXIT_OK:
@@ -78,6 +85,8 @@ def run_check(
         console.print(table(report))
     style = "bold green" if report.exit_code == EXIT_OK else "bold red"
     console.print(f"[{style}]{escape(summary_line(report))}[/]")
+    if save_failures_to is not None:
+        console.print(escape(failures_line(report)))
     if json_out:
         sys.stdout.write(json.dumps(report_json(report), ensure_ascii=False, indent=2) + "\n")
         sys.stdout.flush()

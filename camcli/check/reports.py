@@ -77,7 +77,7 @@ def report_json(report: Report) -> dict[str, Any]:
         if r.failure_files:
             row["failure_overlays"] = r.failure_files
         cases.append(row)
-    return {
+    body: dict[str, Any] = {
         "spec": str(report.spec.path),
         "passed": report.exit_code == EXIT_OK,
         "exit_code": report.exit_code,
@@ -97,8 +97,12 @@ def report_json(report: Report) -> dict[str, Any]:
         },
         "seconds": round(report.seconds, 3),
         "updated_baselines": report.updated_baselines,
-        "cases": cases,
     }
+    if report.failure_folder is not None:
+        folder, files = str(report.failure_folder), report.failure_files
+        body["failure_pictures"] = {"folder": folder, "files": files}
+    body["cases"] = cases
+    return body
 
 
 def junit_xml(report: Report) -> bytes:
@@ -200,6 +204,14 @@ def _model_label(name: str) -> str:
     """``/long/path/nets.py:build`` -> ``nets.py:build``; torchvision names as they are."""
     where, _, attr = name.rpartition(":")
     return f"{Path(where).name}:{attr}" if where.endswith(".py") else name
+
+
+def failures_line(report: Report) -> str:
+    """Where ``--save-failures`` wrote, and how many pictures."""
+    n = len(report.failure_files)
+    if report.exit_code == EXIT_OK:
+        return f"saved no failure pictures to {report.failure_folder}: every case passed"
+    return f"saved {n} failure picture{'' if n == 1 else 's'} to {report.failure_folder}"
 
 
 def summary_line(report: Report) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,11 @@ class Report:
     results: list[CaseResult]
     seconds: float
     updated_baselines: bool = False
+    failure_folder: Path | None = None  # --save-failures, when given
+
+    @property
+    def failure_files(self) -> list[str]:
+        return [f for r in self.results for f in r.failure_files]
 
     @property
     def outcomes(self) -> list[Outcome]:
