@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
+import traceback
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -16,6 +18,10 @@ import typer
 
 from camcli import __version__
 from camcli.errors import EXIT_SOME_FAILED, EXIT_USAGE, CamcliError
+
+# What a shell reports for a writer whose reader went away (128 + SIGPIPE): `camcli run --json
+# | head -1` is a normal end, not a failure.
+EXIT_BROKEN_PIPE = 141
 
 app = typer.Typer(
     name="camcli",
@@ -53,9 +59,43 @@ def _stderr():
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def _error(message: str) -> None:
+    """``error: message`` on stderr, as one line; the message is text, never markup."""
+    from rich.markup import escape
+
+    from camcli.progress import one_line
+
+    _stderr().print(f"[bold red]error:[/] {escape(one_line(message))}", emoji=False)
+
+
 def _fail(exc: CamcliError) -> NoReturn:
-    _stderr().print(f"[bold red]error:[/] {exc.message}", markup=True, emoji=False)
-    raise typer.Exit(code=exc.exit_code)
+    _error(exc.message)
+    raise typer.Exit(code=exc.exit_code) from None
+
+
+def _stdout_closed() -> NoReturn:
+    """End quietly when the reader of stdout has gone (``--json | head -1``).
+
+    stdout is pointed at /dev/null first: Python's flush at exit would otherwise fail on the
+    closed pipe and print "Exception ignored ... BrokenPipeError".
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (tests capture it)
+        pass
+    else:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    raise typer.Exit(code=EXIT_BROKEN_PIPE)
+
+
+def _internal_error(exc: Exception) -> NoReturn:
+    """A bug: one line and exit 2, or the traceback too with ``CAMCLI_DEBUG=1``."""
+    if os.environ.get("CAMCLI_DEBUG", "") not in ("", "0"):
+        traceback.print_exception(exc)
+    _error(f"internal error: {type(exc).__name__}: {exc} (set CAMCLI_DEBUG=1 for the traceback)")
+    raise typer.Exit(code=EXIT_USAGE) from None
 
 
 def _version(value: bool) -> None:
@@ -190,6 +230,17 @@ def run(
             min=1,
         ),
     ] = 32,
+    max_pixels: Annotated[
+        int | None,
+        typer.Option(
+            "--max-pixels",
+            help="Refuse (as that file's error) an image of more than N pixels (width x "
+            "height); 0: no limit. Default: 100000000 (100 megapixels).",
+            metavar="N",
+            min=0,
+            show_default=False,
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[
         Precision,
@@ -219,6 +270,7 @@ def run(
         colormap=colormap,
         batch_size=batch_size,
         skip_existing=skip_existing,
+        max_pixels=max_pixels,  # None: camcli.images.DEFAULT_MAX_PIXELS
     )
     try:
         code = run_images(
@@ -245,12 +297,16 @@ def run(
         )
     except CamcliError as exc:
         _fail(exc)
+    except BrokenPipeError:
+        _stdout_closed()
     except KeyboardInterrupt:
         _stderr().print(
             "interrupted: finished outputs and manifest.jsonl are kept; "
             "rerun with --skip-existing to resume"
         )
         raise typer.Exit(code=130) from None
+    except Exception as exc:
+        _internal_error(exc)
     raise typer.Exit(code=code)
 
 

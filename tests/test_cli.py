@@ -394,3 +394,66 @@ def test_main_pauses_garbage_collection_for_start_up_only(
     assert seen == [(True, True)]
     assert gc.isenabled()
     assert gc.get_freeze_count() == 0
+
+
+def test_max_pixels_makes_a_large_image_that_files_error_and_0_lifts_the_limit(
+    tiny_checkpoint, shapes_dir, tmp_path
+):
+    from camcli.images import DEFAULT_MAX_PIXELS
+
+    folder, _ = shapes_dir
+    image = folder / "a" / "img01.png"  # 64 x 64 = 4096 pixels
+    args = ["run", image, "-f", "npy", *tiny_args(tiny_checkpoint)]
+    result = invoke(*args, "--out", tmp_path / "small", "--max-pixels", "4095")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {image}: 64 x 64 = 0.0 MP is over the")
+    assert manifest(tmp_path / "small")[0]["status"] == "error"
+    for limit in ("4096", "0"):
+        result = invoke(*args, "--out", tmp_path / limit, "--max-pixels", limit)
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / limit / "img01.png.gradcam.top1.npy").is_file()
+    assert invoke(*args, "--max-pixels", "-1").exit_code == 2
+    help_text = " ".join(invoke("run", "--help").stdout.split())
+    assert f"Default: {DEFAULT_MAX_PIXELS} (100 megapixels)" in help_text
+
+
+def test_an_unexpected_exception_is_one_line_and_exit_2_with_the_traceback_on_request(
+    tmp_path, monkeypatch
+):
+    import camcli.runner
+
+    def broken(*args, **kwargs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(camcli.runner, "collect_sources", broken)
+    image = random_image(tmp_path / "img.png")
+    result = invoke("run", image, "--out", tmp_path / "out", "--weights", "none")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: internal error: ValueError: boom (set CAMCLI_DEBUG=1 for the traceback)\n"
+    )
+    monkeypatch.setenv("CAMCLI_DEBUG", "1")
+    result = invoke("run", image, "--out", tmp_path / "out", "--weights", "none")
+    assert result.exit_code == 2
+    assert "Traceback (most recent call last)" in result.stderr
+    assert 'raise ValueError("boom")' in result.stderr
+    assert result.stderr.endswith("error: internal error: ValueError: boom (set CAMCLI_DEBUG=1 "
+                                  "for the traceback)\n")  # fmt: skip
+
+
+def test_error_messages_are_one_line_of_text_not_markup(tmp_path, monkeypatch):
+    import camcli.runner
+    from camcli.errors import UsageError
+
+    missing = tmp_path / "nope[/].jpg"  # rich would read "[/]" as a closing tag
+    result = invoke("run", missing, "--out", tmp_path / "out", "--weights", "none")
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {missing}: no file matches this pattern\n"
+
+    def two_lines(*args, **kwargs):
+        raise UsageError("first part\nsecond part [bold]")
+
+    monkeypatch.setattr(camcli.runner, "collect_sources", two_lines)
+    result = invoke("run", missing, "--out", tmp_path / "out", "--weights", "none")
+    assert result.exit_code == 2
+    assert result.stderr == "error: first part second part [bold]\n"
