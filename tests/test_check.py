@@ -770,3 +770,30 @@ def test_save_failures_says_where_and_how_many_and_lists_them_in_json(spec_dir, 
     assert results(result)["failure_pictures"] == {"folder": str(empty), "files": []}
     assert not empty.exists()
     assert "failure_pictures" not in results(invoke(passing, "--json"))
+
+
+def test_a_spec_with_two_layers_runs_and_passes(spec_dir):
+    # One target per case over two layers once failed every case: the engine freed the
+    # forward graph after the first layer's gradients.
+    layers = ["features.5", "features.11"]
+    spec = write_spec(
+        spec_dir["folder"],
+        "two-layers.toml",
+        model_table(layer=layers)
+        + "".join(
+            case_table(
+                name=f"shape {i}",
+                image=f"img/shape{i}.png",
+                expect_class=spec_dir["labels"][i],
+                box=spec_dir["boxes"][i],
+            )
+            for i in range(3)
+        ),
+    )
+    result = invoke(spec, "--json")
+    assert result.exit_code == 0, result.output
+    report = results(result)
+    assert report["model"]["layers"] == layers
+    assert report["summary"]["failed"] == 0 and report["summary"]["expectations"] == 6
+    assert all(c["error"] is None and c["peak"] is not None for c in report["cases"])
+    assert "gradcam at features.5+features.11" in result.stderr
