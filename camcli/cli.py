@@ -299,12 +299,12 @@ def run(
         _fail(exc)
     except BrokenPipeError:
         _stdout_closed()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as camcli.signals.Interrupted
         _stderr().print(
             "interrupted: finished outputs and manifest.jsonl are kept; "
             "rerun with --skip-existing to resume"
         )
-        raise typer.Exit(code=130) from None
+        raise typer.Exit(code=getattr(exc, "exit_code", 130)) from None
     except Exception as exc:
         _internal_error(exc)
     raise typer.Exit(code=code)
@@ -467,9 +467,9 @@ def main() -> None:
     gc.disable()
     try:
         app()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         sys.stderr.write("\ninterrupted: finished outputs are kept; rerun with --skip-existing\n")
-        sys.exit(130)
+        sys.exit(getattr(exc, "exit_code", 130))
     finally:
         # Hand every object back to the collector for interpreter shutdown: extension modules
         # (triton's nanobind bindings) report frozen, never-freed objects as leaks at exit.

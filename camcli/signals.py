@@ -22,6 +22,10 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _raise(signum: int, frame: FrameType | None) -> None:
+    # From the first signal on, the run is shutting down: a second Ctrl-C (or a SIGTERM after
+    # it) must not cut the clean-up short. The handlers come back when the run's block ends.
+    for s in HANDLED:
+        signal.signal(s, signal.SIG_IGN)
     raise Interrupted(signum)
 
 
