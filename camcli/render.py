@@ -36,9 +36,16 @@ def normalise(cam: np.ndarray) -> np.ndarray:
 
 
 def _pixel_span(start: float, stop: float, limit: int) -> tuple[int, int]:
-    """The pixel indices whose centres (i + 0.5) fall in [start, stop)."""
+    """The pixel indices whose centres (i + 0.5) fall in [start, stop).
+
+    A box edge thinner than a pixel may hold no centre (a 1 px tall image seen through a
+    centre crop): it gets the one pixel its middle lies in, so the model's view always shows.
+    """
     first = max(0, int(np.ceil(start - 0.5)))
     last = min(limit, int(np.ceil(stop - 0.5)))
+    if last <= first and limit > 0:
+        middle = min(limit - 1, max(0, int((start + stop) / 2.0)))
+        return middle, middle + 1
     return first, max(first, last)
 
 
@@ -52,6 +59,8 @@ def upsample(cam: np.ndarray, box: Box, shape: tuple[int, int]) -> tuple[np.ndar
     height, width = shape
     r0, r1 = _pixel_span(box.y0, box.y1, height)
     c0, c1 = _pixel_span(box.x0, box.x1, width)
+    if r1 <= r0 or c1 <= c0:  # OpenCV reads an empty output size as "the input's size"
+        return np.zeros((r1 - r0, c1 - c0), np.float32), slice(r0, r1), slice(c0, c1)
     h, w = cam.shape
     sx, sy = w / (box.x1 - box.x0), h / (box.y1 - box.y0)
     matrix = np.array(

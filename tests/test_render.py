@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from camcli.errors import UsageError
-from camcli.images import Box
-from camcli.render import colormap_lut, normalise, overlay, upsample
+from camcli.images import Box, Preprocess, model_view
+from camcli.render import colormap_lut, normalise, overlay, saliency_images, upsample
 
 
 def test_upsample_equals_bilinear_interpolation_on_the_crop_box():
@@ -59,3 +60,26 @@ def test_normalise_clips_negatives_and_keeps_blank_maps_blank():
 def test_unknown_colormap_is_a_usage_error():
     with pytest.raises(UsageError, match=r"unknown colormap 'nope'.*viridis"):
         colormap_lut("nope")
+
+
+@pytest.mark.parametrize("fit", ["crop", "stretch"])
+@pytest.mark.parametrize("size", [(1, 1), (1, 300), (300, 1), (2, 2)])
+def test_images_one_or_two_pixels_wide_or_tall_render_at_their_own_size(size, fit):
+    width, height = size
+    image = np.full((height, width, 3), 77, np.uint8)
+    view, box = model_view(Image.fromarray(image), Preprocess(64, 73, fit=fit))
+    assert view.shape == (64, 64, 3) and (view == 77).all()
+    out = overlay(image, np.ones((7, 7), np.float32), box, alpha=1.0)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    heated = (out != 77).any(axis=2)
+    assert (out[heated] == colormap_lut("jet")[255, 0]).all()
+    if fit == "stretch":
+        assert heated.all()
+    else:  # a centre crop sees about one pixel of a thin image's long side: that one shows
+        rows, cols = np.nonzero(heated)
+        assert rows.size
+        assert height != 300 or set(rows) == {150}
+        assert width != 300 or set(cols) == {150}
+    colour, gray = saliency_images(np.ones((3, 64, 64), np.float32), box, (height, width))
+    assert colour.shape == (height, width, 3) and gray.shape == (height, width)
+    assert (gray[heated] == 255).all() and not gray[~heated].any()
