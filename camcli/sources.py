@@ -4,6 +4,9 @@ Each source carries ``rel``: the relative path its outputs are named after. File
 directory (or by a glob) keep their path below that directory (or below the glob's fixed
 prefix), so the tree is mirrored in the output folder; files named directly keep their name.
 Two sources that would share a ``rel`` get ``~2``, ``~3``... appended, in input order.
+
+Anything that is not a directory is listed as it is (a FIFO, a dangling symlink, a file named
+on the command line that does not exist): the loader refuses it with one per-file error.
 """
 
 from __future__ import annotations
@@ -11,17 +14,16 @@ from __future__ import annotations
 import glob
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 
 from camcli.errors import UsageError
+from camcli.images import IMAGE_SUFFIXES, display_path
 
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-     ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".j2k", ".ico", ".avif", ".heic"}
-)  # fmt: skip
+__all__ = ["IMAGE_SUFFIXES", "Source", "collect_sources", "is_image_name"]
+
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -34,17 +36,37 @@ class Source:
 
     @property
     def display(self) -> str:
-        return str(self.path)
+        """The path as text that prints anywhere (bytes that are not UTF-8 as ``\\xNN``)."""
+        return display_path(self.path)
 
 
 def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
-def _walk_dir(root: Path) -> Iterable[tuple[Path, PurePosixPath]]:
-    """Image files below ``root``, sorted, hidden files and folders skipped."""
+class _Excluded:
+    """Folders whose contents are never listed (the output folder), compared by real path."""
+
+    def __init__(self, folders: Iterable[str | os.PathLike[str]]) -> None:
+        self.folders = [os.path.realpath(f) for f in folders]
+
+    def __contains__(self, path: str | os.PathLike[str]) -> bool:
+        if not self.folders:
+            return False
+        real = os.path.realpath(path)
+        return any(os.path.commonpath([real, folder]) == folder for folder in self.folders)
+
+
+def _walk_dir(root: Path, excluded: _Excluded) -> Iterator[tuple[Path, PurePosixPath]]:
+    """Image files below ``root``, sorted, hidden files and folders and excluded ones skipped."""
+    if root in excluded:
+        return
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if not d.startswith(".") and os.path.join(dirpath, d) not in excluded
+        )
         for name in sorted(filenames):
             if name.startswith(".") or not is_image_name(name):
                 continue
@@ -68,7 +90,7 @@ def _expand_glob(pattern: str) -> list[tuple[Path, PurePosixPath]]:
     found = []
     for match in sorted(glob.glob(pattern, recursive=True)):
         path = Path(match)
-        if not path.is_file():
+        if path.is_dir():
             continue
         try:
             rel = path.relative_to(prefix).as_posix()
@@ -84,34 +106,46 @@ def _safe_rel(rel: PurePosixPath, fallback: str) -> PurePosixPath:
     return PurePosixPath(*parts) if parts else PurePosixPath(fallback)
 
 
-def collect_sources(args: Sequence[str], stdin: TextIO | None = None) -> list[Source]:
+def _stdin_paths(stream: TextIO) -> Iterator[str]:
+    """One path per non-blank line; read as bytes where possible, so a name that is not
+    UTF-8 arrives as the same surrogate-escaped text a directory walk gives."""
+    buffer = getattr(stream, "buffer", None)
+    for line in buffer if buffer is not None else stream:
+        text = os.fsdecode(line.strip()) if isinstance(line, bytes) else line.strip()
+        if text:
+            yield text
+
+
+def collect_sources(
+    args: Sequence[str],
+    stdin: TextIO | None = None,
+    exclude: Iterable[str | os.PathLike[str]] = (),
+) -> list[Source]:
     """Expand arguments into image sources, in argument order, duplicates dropped.
 
-    Raises UsageError for a named path that does not exist, a glob that matches nothing, or
-    when no image is found at all. Paths read from stdin (``-``) are taken as they are: one
-    that does not exist becomes a per-file error later, so one bad line never stops a batch.
+    Nothing inside an ``exclude`` folder is listed (walks prune it; glob and stdin matches in
+    it are dropped). A named path that does not exist, like a bad line on stdin, becomes a
+    source that fails when it is loaded, so one bad input never stops a batch. Raises
+    UsageError for a glob that matches nothing, or when no image is found at all.
     """
+    excluded = _Excluded(exclude)
     found: list[tuple[Path, PurePosixPath]] = []
     for arg in args:
         if arg == "-":
-            stream = stdin if stdin is not None else sys.stdin
-            for line in stream:
-                line = line.strip()
-                if line:
+            for line in _stdin_paths(stdin if stdin is not None else sys.stdin):
+                if Path(line) not in excluded:
                     found.append((Path(line), PurePosixPath(Path(line).name)))
             continue
         path = Path(arg)
         if path.is_dir():
-            found.extend(_walk_dir(path))
-        elif path.exists():
-            found.append((path, PurePosixPath(path.name)))
-        elif any(c in _GLOB_CHARS for c in arg):
+            found.extend(_walk_dir(path, excluded))
+        elif any(c in _GLOB_CHARS for c in arg) and not os.path.lexists(path):
             matches = _expand_glob(arg)
             if not matches:
-                raise UsageError(f"{arg}: no file matches this pattern")
-            found.extend(matches)
-        else:
-            raise UsageError(f"{arg}: no such file or directory")
+                raise UsageError(f"{display_path(arg)}: no file matches this pattern")
+            found.extend((match, rel) for match, rel in matches if match not in excluded)
+        elif path not in excluded:
+            found.append((path, PurePosixPath(path.name)))
 
     sources: list[Source] = []
     seen_paths: set[str] = set()
@@ -129,5 +163,6 @@ def collect_sources(args: Sequence[str], stdin: TextIO | None = None) -> list[So
         seen_rels.add(unique.as_posix().lower())
         sources.append(Source(path=path, rel=unique))
     if not sources:
-        raise UsageError("no images found in " + ", ".join(args) if args else "no input given")
+        shown = ", ".join(display_path(a) for a in args)
+        raise UsageError(f"no images found in {shown}" if args else "no input given")
     return sources

@@ -1,9 +1,11 @@
 import io
+import os
 from pathlib import Path, PurePosixPath
 
 import pytest
 
-from camcli.errors import UsageError
+from camcli.errors import InputError, UsageError
+from camcli.images import load_image
 from camcli.sources import collect_sources
 
 
@@ -50,14 +52,61 @@ def test_stdin_lists_paths_and_keeps_missing_ones_for_per_file_errors(tmp_path):
     assert [s.path for s in sources] == [one, tmp_path / "missing.jpg"]
 
 
-def test_missing_path_and_empty_glob_and_empty_dir_are_usage_errors(tmp_path):
-    with pytest.raises(UsageError, match=r"nope\.jpg: no such file or directory"):
-        collect_sources([str(tmp_path / "nope.jpg")])
+def test_empty_glob_and_empty_dir_are_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="no file matches this pattern"):
         collect_sources([str(tmp_path / "*.jpg")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="no images found"):
         collect_sources([str(tmp_path / "empty")])
+
+
+def test_a_missing_named_file_is_a_source_that_fails_when_loaded(tmp_path):
+    good = touch(tmp_path / "good.jpg")
+    sources = collect_sources([str(tmp_path / "nope.jpg"), str(good)])
+    assert [s.path for s in sources] == [tmp_path / "nope.jpg", good]
+    with pytest.raises(InputError) as info:
+        load_image(sources[0].path)
+    assert str(info.value) == f"{tmp_path / 'nope.jpg'}: no such file"
+
+
+def test_special_files_and_broken_links_are_listed_for_one_error_each(tmp_path):
+    touch(tmp_path / "a.jpg")
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "loop.jpg").symlink_to("loop.jpg")
+    (tmp_path / "dangling.jpg").symlink_to("gone.jpg")
+    for args in ([str(tmp_path)], [str(tmp_path / "*.*")]):
+        rels = [s.rel.as_posix() for s in collect_sources(args)]
+        assert rels == ["a.jpg", "dangling.jpg", "loop.jpg", "pipe.png"], args
+
+
+def test_names_that_are_not_utf8_from_walks_globs_and_stdin(tmp_path):
+    raw = os.fsencode(tmp_path) + b"/caf\xe9.png"
+    with open(raw, "wb") as f:
+        f.write(b"x")
+    name = os.fsdecode(raw)  # surrogate-escaped, as Python gives it
+    walked = collect_sources([str(tmp_path)])
+    globbed = collect_sources([str(tmp_path / "*.png")])
+    piped = collect_sources(["-"], io.TextIOWrapper(io.BytesIO(raw + b"\n"), encoding="utf-8"))
+    for sources in (walked, globbed, piped):
+        assert [str(s.path) for s in sources] == [name]
+        assert sources[0].display == f"{tmp_path}/caf\\xe9.png"
+        sources[0].display.encode("utf-8")  # prints anywhere
+
+
+def test_excluded_folders_are_never_listed(tmp_path):
+    touch(tmp_path / "a.jpg")
+    out = tmp_path / "out"
+    touch(out / "a.jpg.gradcam.top1.jpg")
+    touch(out / "deep" / "b.jpg.gradcam.top1.jpg")
+    (tmp_path / "link").symlink_to(out)  # the same folder by another name
+    stdin = io.StringIO(f"{out / 'a.jpg.gradcam.top1.jpg'}\n{tmp_path / 'a.jpg'}\n")
+    for args in ([str(tmp_path)], [str(tmp_path / "**" / "*.jpg")], ["-"]):
+        sources = collect_sources(args, stdin, exclude=[tmp_path / "link"])
+        assert [s.path for s in sources] == [tmp_path / "a.jpg"], args
+    named = [str(tmp_path / "a.jpg"), str(out / "a.jpg.gradcam.top1.jpg")]
+    assert len(collect_sources(named, exclude=[out])) == 1
+    with pytest.raises(UsageError, match="no images found"):
+        collect_sources([str(out)], exclude=[out])
 
 
 def test_relative_names_never_climb_out(tmp_path):
