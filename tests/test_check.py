@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -797,3 +798,22 @@ def test_a_spec_with_two_layers_runs_and_passes(spec_dir):
     assert report["summary"]["failed"] == 0 and report["summary"]["expectations"] == 6
     assert all(c["error"] is None and c["peak"] is not None for c in report["cases"])
     assert "gradcam at features.5+features.11" in result.stderr
+
+
+def test_the_ci_docs_install_camcli_from_the_repository_with_cpu_torch():
+    # `pip install camcli` fetches an unrelated project of that name from the package index.
+    text = (Path(__file__).resolve().parent.parent / "docs" / "ci.md").read_text()
+    blocks = re.findall(r"```(?:console|yaml)\n(.*?)```", text, flags=re.S)
+    installs = [
+        line.split("pip install", 1)[1].split("#")[0].split()
+        for block in blocks
+        for line in block.splitlines()
+        if "pip install" in line
+    ]
+    assert installs and not [args for args in installs if "camcli" in args]
+    assert ["./camcli"] in installs and ["dist/camcli-0.1.0-py3-none-any.whl"] in installs
+    cpu = ["torch", "torchvision", "--index-url", "https://download.pytorch.org/whl/cpu"]
+    assert installs.count(cpu) == 3  # the shell example, GitHub Actions and GitLab CI
+    for block in blocks:
+        if "pip install ./camcli" in block:
+            assert block.index("whl/cpu") < block.index("pip install ./camcli")
