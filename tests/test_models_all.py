@@ -145,7 +145,15 @@ def check_model(name: str, size: int | None) -> None:
         assert cam.maps.shape == result.maps.shape
         assert np.isfinite(cam.maps).all()
         assert cam.maps.max() > cam.maps.min()
-        if family(name) != "densenet":  # DenseNet applies a ReLU between layer and pooling
+        if family(name) == "densenet":
+            # A ReLU between layer and pooling: CAM is the head's weights times ReLU(A), as
+            # documented, not (h w) times Grad-CAM (whose gradients the ReLU gates).
+            expected = rectified_cam(loaded, explainer.layer_names[0], cam.class_indices)
+            np.testing.assert_allclose(
+                cam.maps, expected, rtol=1e-4, atol=1e-5 * float(np.abs(expected).max())
+            )
+            assert not np.allclose(result.maps, np.maximum(cam.maps, 0) / (grid * grid))
+        else:
             # On a pooling + linear head Grad-CAM is ReLU(CAM) / (h w) exactly.
             expected = np.maximum(cam.maps, 0) / (grid * grid)
             np.testing.assert_allclose(
@@ -155,6 +163,26 @@ def check_model(name: str, size: int | None) -> None:
         with pytest.raises(UsageError, match="use --method gradcam") as info:
             Explainer(loaded, method="cam")
         assert CAM_REFUSED[family(name)] in str(info.value)
+
+
+def rectified_cam(loaded, layer: str, class_indices: np.ndarray) -> np.ndarray:
+    """``sum_k w_k^c ReLU(A_k)`` for ``explain_model``'s batch, ``A`` as the layer returned it
+    (copied before DenseNet's in-place ReLU runs on it), ``w`` the head's linear weights."""
+    side = loaded.preprocess.crop_size
+    batch = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(1))
+    model = loaded.model
+    captured = []
+    module = dict(model.named_modules())[layer]
+    handle = module.register_forward_hook(lambda m, a, out: captured.append(out.clone()))
+    try:
+        with torch.no_grad():
+            model(batch)
+    finally:
+        handle.remove()
+    weight = _head_layer(model)[1].weight.detach()[torch.from_numpy(class_indices)]
+    with torch.no_grad():
+        maps = torch.einsum("ntc,nchw->nthw", weight, torch.relu(captured[0]))
+    return maps.numpy()
 
 
 # One model of every family, batch 1, reduced input where the architecture allows it. The
