@@ -49,7 +49,7 @@ def run_images(
     with display.warnings_once():
         get_method_class(method)
         colormap_lut(config.colormap)
-        sources = collect_sources(paths, sys.stdin)
+        sources = collect_sources(paths, sys.stdin, exclude=(config.out,))
         check_output_folder(config.out)  # a file in the way, not writable, in use: exit 2 now
         loaded = load_model(
             model,
