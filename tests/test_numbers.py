@@ -76,6 +76,33 @@ def test_a_non_finite_map_is_named(tiny_checkpoint):
     assert np.isfinite(result.maps).all() and np.isfinite(result.scores).all()
 
 
+def run_tiny(tmp_path, state, *extra):
+    """``camcli run`` on one image with the synthetic net holding ``state``; its records."""
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(state, checkpoint)
+    image = random_image(tmp_path / "img.png", size=(64, 64))
+    out = tmp_path / "out"
+    args = ["run", str(image), "-m", SYNTHETIC_MODEL, "--checkpoint", str(checkpoint),
+            "--input-size", "64", "-o", str(out), "-f", "npy", "--device", "cpu", "-q",
+            *extra]  # fmt: skip
+    result = runner.invoke(app, args)
+    text = (out / "manifest.jsonl").read_text()
+    return result, text, [json.loads(line) for line in text.splitlines()]
+
+
+def test_nan_checkpoint_is_an_error_record_from_the_cli(tmp_path):
+    state = synthetic.TinyCAMNet().state_dict()
+    state["fc.weight"] = torch.full_like(state["fc.weight"], float("nan"))
+    result, text, (record,) = run_tiny(tmp_path, state)
+    assert result.exit_code == 1
+    assert record["status"] == "error" and record["score"] is None
+    assert record["error"].endswith(
+        "img.png: the model's output is not finite (NaN or inf in the logits)"
+    )
+    for line in text.splitlines():  # strict JSON: no NaN or Infinity constants anywhere
+        json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in the manifest"))
+
+
 # 4. A map that is zero everywhere says why.
 
 
@@ -88,6 +115,16 @@ def test_zero_head_blank_maps_say_all_logits_are_equal(tmp_path):
     assert not result.maps.any()
     reason = "all logits are equal (an untrained or zero head?)"
     assert result.blank == [[reason, reason], [reason, reason]]
+
+
+def test_zero_head_blank_map_is_a_warning_in_the_record(tmp_path):
+    state = synthetic.TinyCAMNet().state_dict()
+    state["fc.weight"].zero_()
+    state["fc.bias"].zero_()
+    result, _, (record,) = run_tiny(tmp_path, state)
+    assert result.exit_code == 0, result.output
+    assert record["status"] == "ok"
+    assert record["warning"] == "all logits are equal (an untrained or zero head?)"
 
 
 def test_no_positive_evidence_names_the_layer(tiny_checkpoint):
