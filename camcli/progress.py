@@ -193,7 +193,8 @@ class RunDisplay:
 
     def passes(self, done: int, total: int) -> None:
         """The extra forward passes of one explanation: ``done`` of ``total`` so far."""
-        assert self._passes is not None, "passes() outside running()"
+        if self._passes is None:  # a probe while setting up: no run to show yet
+            return
         last_done, last_total = self._last_passes
         new_round = total != last_total or done <= last_done or last_done >= last_total
         counted = self.progress.tasks[self._passes].fields["counted"]
