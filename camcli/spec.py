@@ -1,7 +1,9 @@
 """``camcli check`` spec files: TOML -> a validated CheckSpec, every problem found at once.
 
 Nothing here loads a model or computes a map; the checks that need the model (class names,
-class indices, ``top_k``) run in ``camcli.check.prepare`` before any image is explained.
+class indices, ``top_k``) run in ``camcli.check.prepare`` before any image is explained. So
+that they run even when other parts of the spec are wrong, a spec with problems is still
+returned, with every value that is valid, and says whether its ``[model]`` can be loaded.
 Paths in a spec are relative to the spec file's folder.
 """
 
@@ -57,6 +59,9 @@ CASE_KEYS = (
     "min_iou",
 )
 DEFAULT_MIN_SIMILARITY = 0.9
+# [model] keys that only shape the explanation: with a problem in one of these, the model can
+# still be loaded to check the cases' classes against it.
+EXPLAIN_KEYS = frozenset({"method", "layer", "batch_size"})
 
 
 class SpecError(UsageError):
@@ -90,12 +95,13 @@ class CaseSpec:
 
     ``boxes`` are (x0, y0, x1, y1) in the original image's pixels (pixel edges: pixel column
     ``x`` spans ``[x, x + 1)``). ``expect_index`` and ``target`` are filled in once the model
-    is known (``camcli.check.prepare``).
+    is known (``camcli.check.prepare``). ``image`` is None only in a spec with problems (the
+    case gave none), which never runs; ``name`` is then empty unless the case gave one.
     """
 
     index: int
     name: str
-    image: Path
+    image: Path | None
     image_size: tuple[int, int] = (0, 0)
     target_text: str | None = None
     expect_class: str | int | None = None
@@ -113,7 +119,7 @@ class CaseSpec:
     @property
     def label(self) -> str:
         """How messages name the case: its 1-based position and its name."""
-        return f"case {self.index} ({self.name!r})"
+        return f"case {self.index} ({self.name!r})" if self.name else f"case {self.index}"
 
 
 @dataclass
@@ -122,6 +128,17 @@ class CheckSpec:
     folder: Path
     model: ModelSpec
     cases: list[CaseSpec] = field(default_factory=list)
+    bad_model_keys: frozenset[str] = frozenset()  # [model] keys with a problem (unknown ones too)
+
+    @property
+    def model_loadable(self) -> bool:
+        """Whether the model can be loaded: nothing wrong in [model] but the explanation."""
+        return not self.bad_model_keys - EXPLAIN_KEYS
+
+    @property
+    def explainable(self) -> bool:
+        """Whether an explainer can be built: the model loads, method and layer are valid."""
+        return self.model_loadable and not self.bad_model_keys & {"method", "layer"}
 
 
 def _type_name(value: Any) -> str:
@@ -202,13 +219,14 @@ def _relative(folder: Path, text: str) -> Path:
     return path if path.is_absolute() else folder / path
 
 
-def _model_spec(reader: _Reader, table: Any, folder: Path) -> ModelSpec | None:
+def _model_spec(reader: _Reader, table: Any, folder: Path) -> tuple[ModelSpec, frozenset[str]]:
+    """The ``[model]`` table's valid values, and the keys that have a problem."""
     where = "[model]"
     if not isinstance(table, dict):
         reader.problem(where, f"must be a table, got {_type_name(table)}")
-        return None
-    before = len(reader.problems)
+        return ModelSpec(), frozenset({"[model]"})
     reader.unknown_keys(where, table, MODEL_KEYS)
+    bad = {key for key in table if key not in MODEL_KEYS}
     values: dict[str, Any] = {}
     for key in ("model", "weights", "method", "fit", "device"):
         value = reader.string(where, table, key)
@@ -225,15 +243,17 @@ def _model_spec(reader: _Reader, table: Any, folder: Path) -> ModelSpec | None:
         close = difflib.get_close_matches(method.lower(), list(METHODS), n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         reader.problem(where, f"unknown method {method!r}{hint} (available: {', '.join(METHODS)})")
+        del values["method"]
     if values.get("fit") not in (None, "crop", "stretch"):
-        reader.problem(where, f"fit must be crop or stretch, got {values['fit']!r}")
+        reader.problem(where, f"fit must be crop or stretch, got {values.pop('fit')!r}")
     for key in ("checkpoint", "labels"):
         text = reader.string(where, table, key)
         if text is not None:
             path = _relative(folder, text)
-            if not path.is_file():
+            if path.is_file():
+                values[key] = path
+            else:
                 reader.problem(where, f"{key} {path}: no such file")
-            values[key] = path
     for key, low in (("num_classes", 1), ("input_size", 16), ("batch_size", 1)):
         number = reader.integer(where, table, key, low)
         if number is not None:
@@ -249,9 +269,9 @@ def _model_spec(reader: _Reader, table: Any, folder: Path) -> ModelSpec | None:
             reader.problem(where, f"layer must be a layer name or a list of names, got {layer!r}")
         else:
             values["layers"] = tuple(names)
-    if len(reader.problems) > before:
-        return None
-    return ModelSpec(**values)
+    taken = set(values) | ({"layer"} if "layers" in values else set())
+    bad |= {key for key in table if key in MODEL_KEYS and key not in taken}
+    return ModelSpec(**values), frozenset(bad)
 
 
 def _box(reader: _Reader, where: str, value: Any, key: str) -> tuple[float, ...] | None:
@@ -317,19 +337,19 @@ def _case(
         name = image_text
         where = f"case {index} ({name!r})"
     reader.unknown_keys(where, table, CASE_KEYS)
-    if image_text is None:
-        if "image" not in table:
-            reader.problem(where, 'needs an image = "path"')
-        return None
-    image = _relative(folder, image_text)
-    case = CaseSpec(index=index, name=name or image_text, image=image)
+    if image_text is None and "image" not in table:
+        reader.problem(where, 'needs an image = "path"')
+    # Without a usable image the case is still read to the end, to report all its problems.
+    image = None if image_text is None else _relative(folder, image_text)
+    case = CaseSpec(index=index, name=name or "", image=image)
 
     size = None
-    try:
-        size = load_image(image).size
-        case.image_size = size
-    except InputError as exc:
-        reader.problem(where, f"image {exc.message}")
+    if image is not None:
+        try:
+            size = load_image(image).size
+            case.image_size = size
+        except InputError as exc:
+            reader.problem(where, f"image {exc.message}")
 
     target = table.get("target")
     if target is not None:
@@ -377,7 +397,7 @@ def _case(
     pointing = pick("pointing", reader.boolean(where, table, "pointing"))
     min_energy = pick("min_energy", reader.fraction(where, table, "min_energy"))
     if "box" in table or "boxes" in table:
-        if size is not None:
+        if image is not None and size is not None:
             for box in boxes:
                 _in_bounds(reader, where, box, size, image)
         case.boxes = tuple(boxes)  # type: ignore[arg-type]
@@ -428,7 +448,9 @@ def _case(
 def parse_spec(path: Path, *, update_baselines: bool = False) -> tuple[CheckSpec | None, list[str]]:
     """Read and validate everything that needs no model; returns the spec and the problems.
 
-    Images are decoded once here to prove they can be read and to bound-check the boxes.
+    The spec is None only when the file cannot be read as TOML; otherwise it holds every
+    valid value even when there are problems. Images are decoded once here to prove they
+    can be read and to bound-check the boxes.
     """
     path = Path(path)
     reader = _Reader(path)
@@ -445,7 +467,7 @@ def parse_spec(path: Path, *, update_baselines: bool = False) -> tuple[CheckSpec
     folder = path.parent
     reader.unknown_keys("top level", data, TOP_KEYS)
 
-    model = _model_spec(reader, data.get("model", {}), folder)
+    model, bad_model_keys = _model_spec(reader, data.get("model", {}), folder)
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
         reader.problem("[defaults]", f"must be a table, got {_type_name(defaults)}")
@@ -476,7 +498,7 @@ def parse_spec(path: Path, *, update_baselines: bool = False) -> tuple[CheckSpec
     seen: dict[str, int] = {}
     baselines: dict[Path, int] = {}
     for case in cases:
-        if case.name in seen:
+        if case.name and case.name in seen:
             reader.problem(
                 case.label, f"has the same name as case {seen[case.name]}; give each case a name"
             )
@@ -490,5 +512,5 @@ def parse_spec(path: Path, *, update_baselines: bool = False) -> tuple[CheckSpec
             baselines.setdefault(key, case.index)
     if update_baselines and not reader.problems and not baselines:
         reader.problem("top level", "--update-baselines: no case names a baseline")
-    spec = CheckSpec(path=path, folder=folder, model=model or ModelSpec(), cases=cases)
-    return (spec if model is not None else None), reader.problems
+    spec = CheckSpec(path, folder, model, cases, bad_model_keys)
+    return spec, reader.problems

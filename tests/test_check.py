@@ -817,3 +817,63 @@ def test_the_ci_docs_install_camcli_from_the_repository_with_cpu_torch():
     for block in blocks:
         if "pip install ./camcli" in block:
             assert block.index("whl/cpu") < block.index("pip install ./camcli")
+
+
+# --- every problem of a spec in one run, class names included -----------------------------
+
+MORE_CASES = (
+    case_table(name="a", image="img/shape0.png", expect_class="rde")
+    + case_table(name="b", image="img/shape1.png", expect_class="red", top_k=4)
+    + case_table(name="c", box=[1, 2, 3], expect_class="bleu")
+)
+MORE_CASE_ERRORS = [
+    "case 1 ('a'): expect_class: unknown class name 'rde'; did you mean 'red'?",
+    "case 2 ('b'): top_k 4: the model has only 3 classes",
+    "case 3 ('c'): needs an image = \"path\"",
+    "case 3 ('c'): box must be [x0, y0, x1, y1] (four numbers), got [1, 2, 3]",
+    "case 3 ('c'): expect_class: unknown class name 'bleu'; did you mean 'blue'?",
+]
+METHOD_ERROR = "[model]: unknown method 'gradkam'; did you mean 'gradcam'?"
+LAYER_ERROR = "[model]: unknown layer 'features.99'; close matches: features.9"
+MODEL_PROBLEMS = {
+    # the model loads despite these, so class indices and top_k are checked against it
+    "unknown method": ({"method": "gradkam"}, [METHOD_ERROR]),
+    "unknown layer": ({"layer": "features.99"}, [LAYER_ERROR]),
+    "unknown method and layers": (
+        {"method": "gradkam", "layer": ["features.99", "features.5", "feature.1"]},
+        [METHOD_ERROR, LAYER_ERROR, "[model]: unknown layer 'feature.1'; close matches: "],
+    ),
+    # no model: class names are checked against the labels file, top_k against its length
+    "missing checkpoint": (
+        {"checkpoint": "gone.pt"},
+        ["[model]: checkpoint {folder}/gone.pt: no such file"],
+    ),
+    "unknown model key": (
+        {"inputsize": 64},
+        ["[model]: unknown key 'inputsize'; did you mean 'input_size'?"],
+    ),
+    "checkpoint that fails to load": ({"checkpoint": "junk.pt"}, ["[model]: {folder}/junk.pt: "]),
+}
+
+
+@pytest.mark.parametrize("key", list(MODEL_PROBLEMS))
+def test_model_problems_and_class_problems_are_listed_together(key, spec_dir, tmp_path, no_compute):
+    folder = tmp_path / "spec"
+    folder.mkdir()
+    for name in ("tiny.pt", "labels.txt"):
+        (folder / name).symlink_to(spec_dir["folder"] / name)
+    (folder / "img").symlink_to(spec_dir["folder"] / "img")
+    (folder / "junk.pt").write_bytes(b"not a checkpoint")
+    extra, model_errors = MODEL_PROBLEMS[key]
+    model = model_table(**extra)
+    if "checkpoint" in extra:
+        model = model_table(extra["checkpoint"])
+    spec = write_spec(folder, "spec.toml", model + MORE_CASES)
+    result = invoke(spec)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    expected = [e.format(folder=folder) for e in model_errors] + MORE_CASE_ERRORS
+    assert len(errors) == len(expected), result.stderr
+    prefix = f"error: {spec}: "
+    for wanted in expected:
+        assert any(line.startswith(prefix + wanted) for line in errors), (wanted, result.stderr)

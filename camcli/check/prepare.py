@@ -1,23 +1,31 @@
-"""A spec file -> the validated spec, its loaded model and explainer; nothing is explained."""
+"""A spec file -> the validated spec, its loaded model and explainer; nothing is explained.
+
+Every problem is reported in one SpecError: the spec's own, the model's, and the cases'
+classes. The classes are checked against the model when it loads (even when only the
+method or layer is wrong), else against the spec's labels file when it has one.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from camcli import resume_gc
 from camcli.errors import CamcliError, UsageError
 from camcli.explain import Explainer, Target, parse_targets
-from camcli.models import LoadedModel, load_model
+from camcli.layers import resolve_layer
+from camcli.models import LoadedModel, load_model, read_labels
 from camcli.spec import CheckSpec, SpecError, parse_spec
 
 
-def _resolve_classes(spec: CheckSpec, loaded: LoadedModel, problems: list[str]) -> None:
-    """Class names and indices -> indices, now that the model's classes are known."""
-    n = loaded.num_classes
+def _resolve_classes(
+    spec: CheckSpec, labels: Sequence[str] | None, n: int, problems: list[str]
+) -> None:
+    """Class names and indices -> indices, for ``n`` classes named by ``labels``."""
     for case in spec.cases:
         where = f"{spec.path}: {case.label}"
         expect = case.expect_class
-        if isinstance(expect, str) and not expect.strip().isdigit() and not loaded.labels:
+        if isinstance(expect, str) and not expect.strip().isdigit() and not labels:
             problems.append(
                 f"{where}: expect_class {expect!r} is a class name but the model has no labels; "
                 'set labels = "labels.txt" in [model], or give the class index'
@@ -29,7 +37,7 @@ def _resolve_classes(spec: CheckSpec, loaded: LoadedModel, problems: list[str]) 
             )
         elif expect is not None:
             try:
-                (parsed,) = parse_targets([str(expect)], None, loaded.labels, n)
+                (parsed,) = parse_targets([str(expect)], None, labels, n)
             except UsageError as exc:
                 problems.append(f"{where}: expect_class: {exc.message}")
             else:
@@ -48,10 +56,46 @@ def _resolve_classes(spec: CheckSpec, loaded: LoadedModel, problems: list[str]) 
             )
             continue
         try:
-            (case.target,) = parse_targets([text], None, loaded.labels, n)
+            (case.target,) = parse_targets([text], None, labels, n)
         except UsageError as exc:
             message = exc.message if exc.message.startswith("target") else f"target: {exc.message}"
             problems.append(f"{where}: {message}")
+
+
+def _load(spec: CheckSpec, progress: bool, problems: list[str]) -> LoadedModel | None:
+    m = spec.model
+    try:
+        return load_model(
+            m.model,
+            weights=m.weights,
+            checkpoint=m.checkpoint,
+            num_classes=m.num_classes,
+            labels=m.labels,
+            device=m.device,
+            input_size=m.input_size,
+            fit=m.fit,
+            progress=progress,
+        )
+    except CamcliError as exc:
+        problems.append(f"{spec.path}: [model]: {exc.message}")
+        return None
+
+
+def _labels_file_classes(
+    spec: CheckSpec, problems: list[str]
+) -> tuple[list[str] | None, int | None]:
+    """Without a model: the labels file's names, and the class count they (or num_classes)
+    give; ``(None, None)`` when the spec has no labels file to read."""
+    if spec.model.labels is None:
+        return None, None
+    try:
+        labels = read_labels(spec.model.labels)
+    except UsageError as exc:
+        message = f"{spec.path}: [model]: {exc.message}"
+        if message not in problems:  # a failed load may have said so already
+            problems.append(message)
+        return None, None
+    return labels, spec.model.num_classes or len(labels)
 
 
 def prepare(
@@ -62,28 +106,30 @@ def prepare(
     No image is explained here: the only forward pass is the explainer's probe on noise.
     """
     spec, problems = parse_spec(spec_path, update_baselines=update_baselines)
-    loaded = explainer = None
-    if spec is not None:
-        m = spec.model
+    if spec is None:
+        raise SpecError(problems)
+    loaded = _load(spec, progress, problems) if spec.model_loadable else None
+    explainer = None
+    if loaded is not None and spec.explainable:
         try:
-            loaded = load_model(
-                m.model,
-                weights=m.weights,
-                checkpoint=m.checkpoint,
-                num_classes=m.num_classes,
-                labels=m.labels,
-                device=m.device,
-                input_size=m.input_size,
-                fit=m.fit,
-                progress=progress,
-            )
-            explainer = Explainer(loaded, method=m.method, layers=m.layers)
-            resume_gc()
+            explainer = Explainer(loaded, method=spec.model.method, layers=spec.model.layers)
         except CamcliError as exc:
             problems.append(f"{spec.path}: [model]: {exc.message}")
-    if spec is not None and loaded is not None and explainer is not None:
-        _resolve_classes(spec, loaded, problems)
+    elif loaded is not None and "layer" not in spec.bad_model_keys:
+        # The method is wrong, but every layer name can still be looked up.
+        for name in spec.model.layers:
+            try:
+                resolve_layer(loaded.model, name)
+            except UsageError as exc:
+                problems.append(f"{spec.path}: [model]: {exc.message}")
+    if loaded is not None:
+        resume_gc()
+        _resolve_classes(spec, loaded.labels, loaded.num_classes, problems)
+    else:
+        labels, n = _labels_file_classes(spec, problems)
+        if n is not None:
+            _resolve_classes(spec, labels, n, problems)
     if problems:
         raise SpecError(problems)
-    assert spec is not None and loaded is not None and explainer is not None
+    assert loaded is not None and explainer is not None
     return spec, loaded, explainer
