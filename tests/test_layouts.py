@@ -171,7 +171,8 @@ class _OutOfPlaceDenseNet(torchvision.models.DenseNet):
         return self.classifier(torch.flatten(out, 1))
 
 
-def _densenet_pair() -> tuple[LoadedModel, LoadedModel]:
+@pytest.fixture(scope="module")
+def densenet_pair() -> tuple[LoadedModel, LoadedModel]:
     in_place = build("densenet")
     out_of_place = _OutOfPlaceDenseNet(8, (2, 2, 2, 2), 16, num_classes=CLASSES).eval()
     out_of_place.load_state_dict(in_place.model.state_dict())
@@ -182,8 +183,8 @@ def _densenet_pair() -> tuple[LoadedModel, LoadedModel]:
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_an_in_place_relu_after_the_layer_does_not_change_the_maps(method):
-    in_place, out_of_place = _densenet_pair()
+def test_an_in_place_relu_after_the_layer_does_not_change_the_maps(densenet_pair, method):
+    in_place, out_of_place = densenet_pair
     x = batch_for(in_place)
     with torch.no_grad():
         assert torch.equal(in_place.model(x), out_of_place.model(x))
