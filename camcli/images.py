@@ -15,10 +15,20 @@ from PIL import Image, ImageOps, UnidentifiedImageError, features
 from camcli.errors import InputError
 
 DEFAULT_MAX_PIXELS = 100_000_000
-# load_image checks the declared size itself, before decoding, against a limit the user can
-# raise (--max-pixels). Pillow's own process-wide limit (an error at 179 MP, also checked by
-# the GIF, TIFF, ICO and WebP plugins) would refuse a raised limit with its own message.
-Image.MAX_IMAGE_PIXELS = None
+# Pillow's EXIF, palette and size warnings are not the user's concern. One filter at import:
+# ``warnings.catch_warnings`` in the loader threads would race (each exit restores the filter
+# list it saw on entry, so a late exit can leave "ignore" in force for every warning).
+warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+
+
+def _allow_pillow(limit: int) -> None:
+    """Lift Pillow's process-wide limit (an error at 2 x 89 MP, also checked by the GIF, TIFF,
+    ICO and WebP plugins) only when the user raised ours above it: load_image checks the
+    declared size itself, before decoding, with its own message."""
+    pillow = Image.MAX_IMAGE_PIXELS
+    if pillow is not None and (limit == 0 or limit > 2 * pillow):
+        Image.MAX_IMAGE_PIXELS = None
+
 
 # Suffix -> (Pillow format, the Pillow module or codec that decodes it). Only these formats
 # are ever decoded: Image.open gets them as ``formats=``, so a file that is really EPS (which
@@ -169,15 +179,17 @@ def load_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> I
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     name = display_path(path)
     try:
-        with _open_regular(path, name) as stream, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # EXIF and palette warnings are not the user's concern
-            with Image.open(stream, formats=DECODED_FORMATS) as img:
-                _check_pixels(img.size, limit, name)
-                img.load()
-                img = ImageOps.exif_transpose(img) or img
-                if img.width < 1 or img.height < 1:
-                    raise InputError(f"{name}: image has no pixels")
-                return to_rgb(img)
+        _allow_pillow(limit)
+        with (
+            _open_regular(path, name) as stream,
+            Image.open(stream, formats=DECODED_FORMATS) as img,
+        ):
+            _check_pixels(img.size, limit, name)
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            if img.width < 1 or img.height < 1:
+                raise InputError(f"{name}: image has no pixels")
+            return to_rgb(img)
     except InputError:
         raise
     except (OSError, ValueError, SyntaxError, EOFError) as exc:

@@ -271,3 +271,20 @@ def test_model_view_of_an_extreme_aspect_ratio_resizes_only_the_crop(tmp_path, s
     x0, x1 = (box["x0"], box["x1"]) if size[0] > 1 else (box["y0"], box["y1"])
     assert x1 - x0 == pytest.approx(224 * 65000 / (256 * 65000))
     assert (x0 + x1) / 2 == pytest.approx(32500, abs=1e-3)
+
+
+def test_loading_in_threads_never_silences_other_warnings(tmp_path):
+    """The loader threads must not touch the warnings filters: ``catch_warnings`` exits that
+    overlap restore a stale list, leaving "ignore" in force for CamcliWarning too."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    from camcli.errors import CamcliWarning
+
+    path = random_image(tmp_path / "x.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CamcliWarning)
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda _: load_image(path), range(3000)))
+        warnings.warn("heard", CamcliWarning)
+    assert [str(w.message) for w in caught if w.category is CamcliWarning] == ["heard"]
