@@ -9,9 +9,9 @@
 ``OUT/manifest.jsonl``
     a log: each record is appended (and flushed) as its outputs are written, after the
     records of earlier runs, and the log is compacted at the end of a run. Records are keyed
-    by (input, method, layer, target); the last record of a key wins, and a record for a
-    target drops the error record of the same (input, method, layer) before it: the image
-    works now. Readers take the last record per key, so the log a killed run left reads
+    by (input, method, layer, target); the last record of a key wins (an earlier one keeps only
+    the files the later did not rewrite, if any: other formats), and a record for a target
+    drops the error record of the same (input, method, layer) before it: the image works now. Readers take the last record per key, so the log a killed run left reads
     right too.
 """
 
@@ -42,15 +42,26 @@ def record_key(record: Record) -> Key:
 
 
 def compact(records: Iterable[Record]) -> list[Record]:
-    """The last record per key, in the order the keys first came (see the module docstring)."""
-    groups: dict[tuple[str, Any, Any], dict[Any, Record]] = {}
+    """The last record per key, in the order the keys first came (see the module docstring).
+
+    An earlier record of the key stays, listing only its files that the later one did not
+    rewrite, when there are any: a run with ``-f npy`` after one with ``-f jpg`` leaves the
+    overlays on disk, and every file keeps a record saying what made it.
+    """
+    groups: dict[tuple[str, Any, Any], dict[Any, list[Record]]] = {}
     for record in records:
         *image, target = record_key(record)
         group = groups.setdefault(tuple(image), {})
         if target is not None:
             group.pop(None, None)
-        group[target] = record
-    return [record for group in groups.values() for record in group.values()]
+        claimed = set(record.get("outputs") or ())
+        kept = []
+        for earlier in group.get(target, []):
+            rest = [o for o in earlier.get("outputs") or () if o not in claimed]
+            if rest:
+                kept.append({**earlier, "outputs": rest})
+        group[target] = [*kept, record]
+    return [r for group in groups.values() for rs in group.values() for r in rs]
 
 
 def _read_records(path: Path) -> Iterator[Record]:

@@ -214,6 +214,28 @@ def test_compact_keeps_the_last_record_per_key_in_first_seen_order():
     ]  # fmt: skip
 
 
+def test_compact_keeps_an_earlier_record_for_the_files_the_later_did_not_rewrite():
+    jpg, npy = record("a", outputs=["a.jpg"], score=1), record("a", outputs=["a.npy"], score=2)
+    both = record("a", outputs=["a.jpg", "a.npy"], score=3)
+    assert compact([jpg, npy]) == [jpg, npy]
+    assert compact([jpg, npy, both]) == [both]
+    assert compact([both, npy]) == [record("a", outputs=["a.jpg"], score=3), npy]
+
+
+def test_runs_with_other_formats_leave_every_file_with_its_record(tiny_checkpoint, shapes_dir,
+                                                                  tmp_path):  # fmt: skip
+    folder, _ = shapes_dir
+    out = tmp_path / "out"
+    for fmt in ("jpg", "npy"):
+        result = invoke("run", folder, "--out", out, "-f", fmt, *tiny_args(tiny_checkpoint))
+        assert result.exit_code == 0, result.output
+    found = records(out)
+    outputs = sorted(o for r in found for o in r["outputs"])
+    on_disk = sorted(str(p) for p in out.rglob("*") if p.suffix in (".jpg", ".npy"))
+    assert outputs == on_disk and len(on_disk) == 24
+    assert len(read_manifest(out)) == 12
+
+
 def test_read_manifest_reads_the_log_a_killed_run_left(tmp_path):
     lines = [json.dumps(record("a", score=1)), json.dumps(record("b", score=1)),
              json.dumps(record("a", score=2)), '{"input": "b", "method": "grad']  # fmt: skip
