@@ -241,7 +241,7 @@ class Pipeline:
                 raise  # an interrupt: the run stops
             what = "cannot write output" if isinstance(exc, OSError | CamcliError) else "failed"
             reason = str(exc) if isinstance(exc, CamcliError) else f"{type(exc).__name__}: {exc}"
-            return self._error(item.source, f"{item.source.path}: {what} ({reason})")
+            return self._error(item.source, f"{item.source.display}: {what} ({reason})")
         return records
 
     def run(self, sources: Sequence[Source], folder: OutputFolder | None = None) -> Summary:
@@ -370,7 +370,9 @@ class Pipeline:
                 except InputError as exc:
                     batch.append((plan, self._error(plan.source, str(exc))))
                 except Exception as exc:  # a decoder bug must not stop the batch
-                    message = f"{plan.source.path}: cannot read image ({type(exc).__name__}: {exc})"
+                    message = (
+                        f"{plan.source.display}: cannot read image ({type(exc).__name__}: {exc})"
+                    )
                     batch.append((plan, self._error(plan.source, message)))
             if len(batch) >= size or not ahead:
                 yield batch
@@ -389,16 +391,16 @@ class Pipeline:
         except RuntimeError as exc:  # out of memory, a model that fails on this input...
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "RuntimeError"
             return [
-                self._error(plan.source, f"{plan.source.path}: model failed ({reason})")
+                self._error(plan.source, f"{plan.source.display}: model failed ({reason})")
                 for plan, _ in good
             ]
         saliency = result.saliency
-        problems = getattr(result, "problems", None) or [None] * len(good)
-        blank = getattr(result, "blank", None) or [None] * len(good)
+        problems = result.problems or [None] * len(good)
+        blank = result.blank or [None] * len(good)
         jobs: list[Job] = []
         for i, (plan, item) in enumerate(good):
             if problems[i]:
-                jobs.append(self._error(plan.source, f"{plan.source.path}: {problems[i]}"))
+                jobs.append(self._error(plan.source, f"{plan.source.display}: {problems[i]}"))
                 continue
             sal = None if saliency is None else saliency[i]
             jobs.append(pool.submit(self._write, item, plan, result.maps[i],

@@ -31,6 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from camcli.errors import CamcliWarning
+from camcli.images import display_path
 from camcli.writers import json_line
 
 if TYPE_CHECKING:
@@ -224,6 +225,7 @@ def _failure_table(summary: Summary) -> Table:
     table.add_column("input", overflow="fold")
     table.add_column("reason", overflow="fold")
     for path, error in summary.failed:
-        reason = error[len(path) + 2 :] if error.startswith(f"{path}: ") else error
-        table.add_row(escape(path), escape(one_line(reason)))
+        shown = display_path(path)
+        reason = error[len(shown) + 2 :] if error.startswith(f"{shown}: ") else error
+        table.add_row(escape(shown), escape(one_line(reason)))
     return table
