@@ -14,6 +14,13 @@ from camcli.hooks import ActivationRecorder
 
 Progress = Callable[[int, int], None]  # (passes done, passes in all) for one batch's extra work
 
+# vmap's notice for ops without a batching rule (``target_gradients``): the result is still
+# right. Filtered once here: ``warnings.catch_warnings`` around the call would race with the
+# loader threads (overlapping exits restore stale filter lists).
+warnings.filterwarnings(
+    "ignore", message="There is a performance drop because we have not yet implemented"
+)
+
 
 @dataclass
 class CamContext:
@@ -106,20 +113,18 @@ def target_gradients(
 
     The T backward passes are batched with ``vmap`` (``is_grads_batched``): one-hot rows of the
     logits' gradient select each image's class. An op without a batching rule falls back to one
-    backward per target.
+    backward per target. The graph is always retained: with several layers, every layer's
+    activation hangs off the same forward graph (it is freed with the logits).
     """
     count = targets.shape[1]
     if count > 1:
         onehot = torch.zeros((count, *logits.shape), dtype=logits.dtype, device=logits.device)
         onehot.scatter_(2, targets.t().unsqueeze(2), 1.0)
         try:
-            with warnings.catch_warnings():
-                # vmap's "performance drop" notice for ops without a batching rule: still right.
-                warnings.simplefilter("ignore", UserWarning)
-                (grads,) = torch.autograd.grad(
-                    logits, activation, grad_outputs=onehot, is_grads_batched=True,
-                    retain_graph=True,
-                )  # fmt: skip
+            (grads,) = torch.autograd.grad(
+                logits, activation, grad_outputs=onehot, is_grads_batched=True,
+                retain_graph=True,
+            )  # fmt: skip
             return grads
         except RuntimeError:
             pass
