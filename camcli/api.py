@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from camcli.errors import UsageError
-from camcli.explain import Explainer, Explanation, parse_targets, to_model_input
+from camcli.explain import Explanation, explain, to_model_input
 from camcli.images import Box, load_image, model_view, to_rgb
 from camcli.models import LoadedModel, load_model
 
@@ -86,15 +86,16 @@ def explain_images(
         raise UsageError("no images to explain")
     pictures = [_rgb(image, i) for i, image in enumerate(items)]
     views, boxes = zip(*(model_view(p, loaded.preprocess) for p in pictures), strict=True)
-    explainer = Explainer(
+    explanation = explain(
         loaded,
+        to_model_input(np.stack(views), loaded),
         method=method,
         layers=layers,
+        targets=targets,
+        top_k=top_k,
         aug_smooth=aug_smooth,
         eigen_smooth=eigen_smooth,
         chunk_size=chunk_size,
         precision=precision,
     )
-    parsed = parse_targets(targets, top_k, loaded.labels, loaded.num_classes)
-    explanation = explainer.explain(to_model_input(np.stack(views), loaded), parsed)
     return ExplainedImages(explanation, [np.asarray(p) for p in pictures], list(boxes))
