@@ -286,5 +286,5 @@ def test_loading_in_threads_never_silences_other_warnings(tmp_path):
         warnings.simplefilter("always", CamcliWarning)
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(lambda _: load_image(path), range(3000)))
-        warnings.warn("heard", CamcliWarning)
+        warnings.warn("heard", CamcliWarning, stacklevel=1)
     assert [str(w.message) for w in caught if w.category is CamcliWarning] == ["heard"]
