@@ -252,6 +252,17 @@ def run(
     skip_existing: Annotated[
         bool, typer.Option(help="Skip inputs whose outputs all exist (resume a run).")
     ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            help="Explain only shard I of N (0-based; by a hash of each input's relative "
+            "name), for job arrays: shards run at once into one OUT, each with its own "
+            "manifest part; camcli manifest merge OUT joins them.",
+            metavar="I/N",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar or summary; errors only.")
     ] = False,
@@ -262,7 +273,12 @@ def run(
     """Write heatmaps (overlays or raw maps) for images, files or whole folders."""
     from camcli.pipeline import RunConfig
     from camcli.runner import run_images
+    from camcli.shards import parse_shard
 
+    try:
+        parsed_shard = None if shard is None else parse_shard(shard)
+    except CamcliError as exc:
+        _fail(exc)
     config = RunConfig(
         out=out,
         formats=tuple(dict.fromkeys(f.value for f in (fmt or [Format.jpg]))),
@@ -271,6 +287,7 @@ def run(
         batch_size=batch_size,
         skip_existing=skip_existing,
         max_pixels=max_pixels,  # None: camcli.images.DEFAULT_MAX_PIXELS
+        shard=parsed_shard,
     )
     try:
         code = run_images(
@@ -457,6 +474,35 @@ def check(
             console.print(f"[bold red]error:[/] {escape(line)}")
         raise typer.Exit(code=exc.exit_code) from None
     raise typer.Exit(code=code)
+
+
+manifest_app = typer.Typer(
+    name="manifest",
+    help="Work on an output folder's manifest.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(manifest_app)
+
+
+@manifest_app.command("merge")
+def manifest_merge(
+    out: Annotated[Path, typer.Argument(help="The output folder the shards wrote into.")],
+) -> None:
+    """Join the shards' manifest parts (manifest.shard-I-of-N.jsonl) into manifest.jsonl.
+
+    The merged manifest is compacted (the last record per key) and written before the parts
+    are removed. Exit 2 when a run is using the folder.
+    """
+    from camcli.outfolder import MANIFEST, merge_manifest
+
+    try:
+        parts, records = merge_manifest(out)
+    except CamcliError as exc:
+        _fail(exc)
+    except Exception as exc:
+        _internal_error(exc)
+    typer.echo(f"merged {parts} parts ({records} records) into {out / MANIFEST}")
 
 
 def main() -> None:

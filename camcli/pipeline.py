@@ -26,8 +26,9 @@ import numpy as np
 from camcli.errors import CamcliError, InputError
 from camcli.explain import Explainer, Target, to_model_input
 from camcli.images import Box, load_image, model_view
-from camcli.outfolder import Key, OutputFolder, Record, read_manifest
+from camcli.outfolder import Key, OutputFolder, Record
 from camcli.render import overlay, saliency_images
+from camcli.shards import Shard
 from camcli.signals import interrupts_ignored, interrupts_raise
 from camcli.sources import Source
 from camcli.writers import encode_image, encode_npy, output_path, write_atomic
@@ -47,6 +48,7 @@ class RunConfig:
     skip_existing: bool = False
     workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     max_pixels: int | None = None  # None: the images module's default
+    shard: Shard | None = None  # --shard I/N: its own manifest part, lock and temp folder
 
 
 def run_settings(
@@ -249,14 +251,14 @@ class Pipeline:
         locked here). SIGINT and SIGTERM stop the run as ``camcli.signals.Interrupted``."""
         with contextlib.ExitStack() as stack:
             if folder is None:
-                folder = stack.enter_context(OutputFolder(self.config.out))
+                folder = stack.enter_context(OutputFolder(self.config.out, self.config.shard))
             stack.enter_context(interrupts_raise())
             return self._run(sources, folder)
 
     def _run(self, sources: Sequence[Source], folder: OutputFolder) -> Summary:
         config = self.config
         self.temp_dir = folder.temp_dir
-        previous = read_manifest(config.out) if config.skip_existing else {}
+        previous = folder.previous() if config.skip_existing else {}
         summary = Summary(total=len(sources))
         pending: deque[Job] = deque()
         listening = [True]  # False once on_record has failed (a closed --json pipe)

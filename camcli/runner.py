@@ -15,6 +15,7 @@ from camcli.outfolder import check_output_folder
 from camcli.pipeline import Pipeline, RunConfig, run_settings
 from camcli.progress import RunDisplay
 from camcli.render import colormap_lut
+from camcli.shards import select_sources
 from camcli.sources import collect_sources
 
 
@@ -50,7 +51,9 @@ def run_images(
         get_method_class(method)
         colormap_lut(config.colormap)
         sources = collect_sources(paths, sys.stdin, exclude=(config.out,))
-        check_output_folder(config.out)  # a file in the way, not writable, in use: exit 2 now
+        sources = select_sources(sources, config.shard)  # all of them without --shard
+        # A file in the way, not writable, in use: exit 2 now.
+        check_output_folder(config.out, config.shard)
         loaded = load_model(
             model,
             weights=weights,
