@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,6 +130,20 @@ def _write_manifest(path: Path, records: Iterable[Record], temp_dir: Path) -> No
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _lock_shared(fd: int, patience: float = 0.5) -> None:
+    """A shared flock, or BlockingIOError. A shard that leaves last holds the lock exclusively
+    for a moment (to remove the file): that is waited out, a plain run's lock is not."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _reason(exc: OSError) -> str:
@@ -249,7 +264,10 @@ class OutputFolder:
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
             try:
-                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                if shared:
+                    _lock_shared(fd)
+                else:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 words = os.read(fd, 32).decode("ascii", "replace").split()
                 os.close(fd)

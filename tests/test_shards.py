@@ -1,9 +1,11 @@
 """--shard I/N and camcli manifest merge: the split, shards side by side in one OUT, the merge."""
 
+import fcntl
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -11,7 +13,7 @@ from typer.testing import CliRunner
 
 from camcli.cli import app
 from camcli.errors import UsageError
-from camcli.outfolder import MANIFEST, OutputFolder, manifest_parts, read_manifest
+from camcli.outfolder import LOCK_FILE, MANIFEST, OutputFolder, manifest_parts, read_manifest
 from camcli.shards import Shard, parse_shard, select_sources, shard_of
 from camcli.sources import Source
 from conftest import ROOT, tiny_args
@@ -148,6 +150,15 @@ def test_shards_share_the_folder_but_not_with_a_plain_run_or_the_same_shard(tmp_
         OutputFolder(out, Shard(2, 3)).open()  # a shard while a plain run runs
     plain.close()
     assert list(out.iterdir()) == []
+
+
+def test_a_shard_waits_out_the_moment_the_last_shard_leaving_holds_the_lock(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a shard that leaves last does, to remove the file
+    threading.Timer(0.1, os.close, [fd]).start()
+    OutputFolder(out, Shard(0, 2)).open().close()
 
 
 def test_same_shard_twice_and_a_plain_run_beside_a_shard_exit_2_naming_the_pid(
