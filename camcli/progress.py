@@ -205,18 +205,24 @@ class RunDisplay:
             self._passes, completed=done, total=total, counted=counted, visible=True
         )
 
-    def finish(self, summary: Summary, out: Path) -> None:
-        """The failure table (terminal only) and the closing line (unless quiet)."""
+    def finish(self, summary: Summary, out: Path, manifest: str = "manifest.jsonl") -> None:
+        """The failure table (terminal only) and the closing line (unless quiet).
+
+        ``manifest`` is the file the records went to (a shard's own part under ``--shard``).
+        """
         if summary.failed and self.live:
             self.console.print(_failure_table(summary))
         if self.quiet:
+            return
+        if not summary.total:  # only a shard can be empty: collect_sources refuses no input
+            self.console.print("no images in this shard; nothing written")
             return
         done = summary.ok + summary.skipped
         skipped = f" ({summary.skipped} skipped as existing)" if summary.skipped else ""
         failed = f", {len(summary.failed)} failed" if summary.failed else ""
         self.console.print(
             f"{done} of {summary.total} images explained{skipped}{failed}; outputs and "
-            f"manifest.jsonl in {escape(str(out))}"
+            f"{escape(manifest)} in {escape(str(out))}"
         )
 
 

@@ -11,7 +11,7 @@ from camcli.errors import EXIT_OK, EXIT_SOME_FAILED
 from camcli.explain import Explainer, parse_targets
 from camcli.methods import get_method_class
 from camcli.models import load_model
-from camcli.outfolder import check_output_folder
+from camcli.outfolder import MANIFEST, check_output_folder, part_name
 from camcli.pipeline import Pipeline, RunConfig, run_settings
 from camcli.progress import RunDisplay
 from camcli.render import colormap_lut
@@ -89,5 +89,5 @@ def run_images(
                 settings=run_settings(explainer, config, checkpoint),
             )
             summary = pipeline.run(sources)
-    display.finish(summary, config.out)
+    display.finish(summary, config.out, part_name(config.shard) if config.shard else MANIFEST)
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK

@@ -317,3 +317,21 @@ def test_the_next_plain_run_merges_the_parts_first(tiny_checkpoint, shapes_dir, 
     assert {r["input"] for r in done if r.get("skipped")} == shard0
     assert manifest_parts(out) == [] and len(records(out / MANIFEST)) == 12
     assert not hidden(out)
+
+
+def test_the_closing_line_names_the_shards_part_and_an_empty_shard_says_so(
+    tiny_checkpoint, shapes_dir, tmp_path
+):
+    folder, _ = shapes_dir
+    rels = [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*.png"))]
+    count = 64
+    empty = next(i for i in range(count) if all(shard_of(r, count) != i for r in rels))
+    full = shard_of(rels[0], count)
+    out = tmp_path / "out"
+    args = ["run", str(folder), "--out", str(out), *tiny_args(tiny_checkpoint)]
+    result = invoke(*args, "--shard", f"{full}/{count}")
+    assert result.exit_code == 0, result.output
+    assert f"manifest.shard-{full}-of-{count}.jsonl in {out}" in result.stderr
+    result = invoke(*args, "--shard", f"{empty}/{count}")
+    assert result.exit_code == 0, result.output
+    assert "no images in this shard; nothing written" in result.stderr
