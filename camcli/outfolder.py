@@ -11,8 +11,8 @@
     records of earlier runs, and the log is compacted at the end of a run. Records are keyed
     by (input, method, layer, target); the last record of a key wins (an earlier one keeps only
     the files the later did not rewrite, if any: other formats), and a record for a target
-    drops the error record of the same (input, method, layer) before it: the image works now. Readers take the last record per key, so the log a killed run left reads
-    right too.
+    drops the error record of the same (input, method, layer) before it: the image works now.
+    Readers take the last record per key, so the log a killed run left reads right too.
 
 Shards (``--shard I/N``, several machines or processes writing into one shared ``OUT`` at once)
 each write their own manifest part ``OUT/manifest.shard-I-of-N.jsonl`` (the same log and
