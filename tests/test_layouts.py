@@ -291,3 +291,13 @@ def test_cli_ablationcam_writes_maps_on_a_vit(tmp_path):
 @pytest.mark.slow
 def test_cli_ablationcam_writes_maps_on_vit_b_16(tmp_path):
     _cli_ablation(tmp_path, "vit_b_16", "--chunk-size", "256")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_cam_refuses_a_head_with_small_logits_whatever_the_probe(seed):
+    """A fresh MaxViT's logits are about 1e-4: an absolute tolerance accepted its LayerNorm,
+    linear, tanh, linear head as 'pooling + linear' for some probe inputs."""
+    loaded = build("maxvit")
+    torch.manual_seed(seed)
+    with pytest.raises(UsageError, match=r"classifier\.2 \(LayerNorm\)"):
+        Explainer(loaded, method="cam")

@@ -57,7 +57,9 @@ class CAM(CamMethod):
         ]
         # Checked on numbers, not on module types: in eval mode dropout is the identity, and
         # functional pooling or flattening in forward() is invisible to the module tree.
-        tolerance = 1e-3 * max(1.0, float(logits.abs().max()))
+        # Relative to the logits' own scale: an absolute floor would accept any head whose
+        # logits are all small (a freshly initialised MaxViT's are about 1e-4).
+        tolerance = 1e-3 * float(logits.abs().max())
         for relu in (False, True):
             features = torch.relu(activation.float()) if relu else activation.float()
             pooled = features.mean(dim=(2, 3))
