@@ -157,7 +157,7 @@ def test_a_shard_waits_out_the_moment_the_last_shard_leaving_holds_the_lock(tmp_
     out.mkdir()
     fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)  # as a shard that leaves last does, to remove the file
-    threading.Timer(0.1, os.close, [fd]).start()
+    threading.Timer(0.02, os.close, [fd]).start()  # well inside the 0.5 s patience
     OutputFolder(out, Shard(0, 2)).open().close()
 
 
