@@ -126,6 +126,8 @@ class _Plan:
 def _load(
     source: Source, explainer: Explainer, keep_image: bool, max_pixels: int | None
 ) -> _Loaded:
+    if source.error:
+        raise InputError(f"{source.display}: {source.error}")
     image = load_image(source.path, max_pixels=max_pixels)
     view, box = model_view(image, explainer.loaded.preprocess)
     return _Loaded(source, np.asarray(image) if keep_image else None, view, box)

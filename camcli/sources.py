@@ -33,6 +33,9 @@ class Source:
 
     path: Path
     rel: PurePosixPath
+    #: Why this input cannot be read, known while listing (a folder that cannot be listed);
+    #: it becomes the input's error record, like a file that fails to load.
+    error: str | None = None
 
     @property
     def display(self) -> str:
@@ -57,11 +60,20 @@ class _Excluded:
         return any(os.path.commonpath([real, folder]) == folder for folder in self.folders)
 
 
-def _walk_dir(root: Path, excluded: _Excluded) -> Iterator[tuple[Path, PurePosixPath]]:
-    """Image files below ``root``, sorted, hidden files and folders and excluded ones skipped."""
+Found = tuple[Path, PurePosixPath, str | None]  # path, relative name, error or None
+
+
+def _walk_dir(root: Path, excluded: _Excluded) -> Iterator[Found]:
+    """Image files below ``root``, sorted, hidden files and folders and excluded ones skipped.
+
+    A folder below ``root`` that cannot be listed (permissions, I/O) is yielded with its
+    reason, so its images are one error record instead of vanishing silently.
+    """
     if root in excluded:
         return
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    unlisted: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted.append, followlinks=False):
+        yield from _unlisted(unlisted, root)
         dirnames[:] = sorted(
             d
             for d in dirnames
@@ -71,7 +83,20 @@ def _walk_dir(root: Path, excluded: _Excluded) -> Iterator[tuple[Path, PurePosix
             if name.startswith(".") or not is_image_name(name):
                 continue
             path = Path(dirpath) / name
-            yield path, PurePosixPath(path.relative_to(root).as_posix())
+            yield path, PurePosixPath(path.relative_to(root).as_posix()), None
+    yield from _unlisted(unlisted, root)
+
+
+def _unlisted(errors: list[OSError], root: Path) -> Iterator[Found]:
+    """The folders os.walk could not list so far (the root's own error is left to the caller's
+    "no images found"), emptying ``errors``."""
+    for exc in errors:
+        folder = Path(exc.filename) if exc.filename else root
+        if folder != root:
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            rel = PurePosixPath(folder.relative_to(root).as_posix())
+            yield folder, rel, f"cannot list this folder ({reason})"
+    errors.clear()
 
 
 def _glob_prefix(pattern: str) -> Path:
@@ -129,12 +154,12 @@ def collect_sources(
     UsageError for a glob that matches nothing, or when no image is found at all.
     """
     excluded = _Excluded(exclude)
-    found: list[tuple[Path, PurePosixPath]] = []
+    found: list[Found] = []
     for arg in args:
         if arg == "-":
             for line in _stdin_paths(stdin if stdin is not None else sys.stdin):
                 if Path(line) not in excluded:
-                    found.append((Path(line), PurePosixPath(Path(line).name)))
+                    found.append((Path(line), PurePosixPath(Path(line).name), None))
             continue
         path = Path(arg)
         if path.is_dir():
@@ -143,14 +168,14 @@ def collect_sources(
             matches = _expand_glob(arg)
             if not matches:
                 raise UsageError(f"{display_path(arg)}: no file matches this pattern")
-            found.extend((match, rel) for match, rel in matches if match not in excluded)
+            found.extend((match, rel, None) for match, rel in matches if match not in excluded)
         elif path not in excluded:
-            found.append((path, PurePosixPath(path.name)))
+            found.append((path, PurePosixPath(path.name), None))
 
     sources: list[Source] = []
     seen_paths: set[str] = set()
     seen_rels: set[str] = set()
-    for path, rel in found:
+    for path, rel, error in found:
         key = os.path.abspath(path)
         if key in seen_paths:
             continue
@@ -161,7 +186,7 @@ def collect_sources(
             n += 1
             unique = rel.with_name(f"{rel.name}~{n}")
         seen_rels.add(unique.as_posix().lower())
-        sources.append(Source(path=path, rel=unique))
+        sources.append(Source(path=path, rel=unique, error=error))
     if not sources:
         shown = ", ".join(display_path(a) for a in args)
         raise UsageError(f"no images found in {shown}" if args else "no input given")

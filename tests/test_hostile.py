@@ -91,6 +91,11 @@ def _hostile_folder(folder: Path) -> tuple[dict[str, tuple[int, int]], dict[str,
     bad["dangling.jpg"] = "no such file"
     random_image(folder / "secret.png").chmod(0)
     bad["secret.png"] = "permission denied"
+    locked = folder / "locked"  # a folder that cannot be listed: its images do not vanish
+    locked.mkdir()
+    random_image(locked / "inside.png")
+    locked.chmod(0)
+    bad["locked"] = "cannot list this folder (permission denied)"
     (folder / "empty.jpg").write_bytes(b"")
     bad["empty.jpg"] = "empty file"
     (folder / "eps.jpg").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\nshowpage\n")
