@@ -137,26 +137,41 @@ def _reason(exc: BaseException) -> str:
     return f"cannot decode image ({text})"
 
 
-def _open_regular(path: str | os.PathLike[str], name: str) -> BinaryIO:
-    """Open ``path`` for reading, refusing anything but a non-empty regular file.
+class NotRegularFile(ValueError):
+    """From ``open_regular``: a directory, FIFO, socket or device; the message says which."""
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open ``path`` for binary reading without ever blocking, refusing all but regular files.
 
     O_NONBLOCK makes opening a FIFO or a device return at once instead of waiting for a
     writer; the type is then checked on the open descriptor itself (no race with a file
-    swapped in between), and the image is decoded from that same descriptor.
+    swapped in between), and the caller reads from that same descriptor. Raises OSError when
+    the file cannot be opened, NotRegularFile ("is a directory", "not a regular file").
     """
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise InputError(f"{name}: is a directory")
-        if not stat.S_ISREG(info.st_mode):
-            raise InputError(f"{name}: not a regular file")
-        if info.st_size == 0:
-            raise InputError(f"{name}: empty file")
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise NotRegularFile("is a directory")
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile("not a regular file")
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+
+
+def _image_file(path: str | os.PathLike[str], name: str) -> BinaryIO:
+    """``open_regular`` with the loader's one-line errors; an empty file is refused too."""
+    try:
+        stream = open_regular(path)
+    except NotRegularFile as exc:
+        raise InputError(f"{name}: {exc}") from None
+    if os.fstat(stream.fileno()).st_size == 0:
+        stream.close()
+        raise InputError(f"{name}: empty file")
+    return stream
 
 
 def _check_pixels(size: tuple[int, int], limit: int, name: str) -> None:
@@ -181,7 +196,7 @@ def load_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> I
     try:
         _allow_pillow(limit)
         with (
-            _open_regular(path, name) as stream,
+            _image_file(path, name) as stream,
             Image.open(stream, formats=DECODED_FORMATS) as img,
         ):
             _check_pixels(img.size, limit, name)

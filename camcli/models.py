@@ -12,7 +12,6 @@ import io
 import itertools
 import os
 import pickle
-import stat
 import sys
 import warnings
 from collections.abc import Callable, Collection, Mapping
@@ -27,7 +26,7 @@ from torchvision.models import get_model, get_model_weights, list_models
 from torchvision.models._api import WeightsEnum
 
 from camcli.errors import CamcliWarning, CheckpointError, UsageError, WeightsUnavailableError
-from camcli.images import Preprocess
+from camcli.images import NotRegularFile, Preprocess, open_regular
 
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 _AUX_PREFIXES = ("AuxLogits.", "aux1.", "aux2.")
@@ -579,15 +578,15 @@ def read_labels(path: str | os.PathLike[str]) -> list[str]:
     """
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        file = open_regular(path)
+    except NotRegularFile:
+        raise UsageError(
+            f"{path}: not a regular file (--labels takes a text file, one class name per line)"
+        ) from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read labels file ({exc.strerror or exc})") from None
-    with os.fdopen(fd, "rb") as file:
+    with file:
         info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise UsageError(
-                f"{path}: not a regular file (--labels takes a text file, one class name per line)"
-            )
         if info.st_size > _LABELS_MAX_BYTES:
             raise UsageError(
                 f"{path}: {info.st_size / 2**20:.0f} MiB is too large for a labels file "
