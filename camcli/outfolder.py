@@ -233,9 +233,7 @@ class OutputFolder:
         try:
             _write_manifest(self.out / MANIFEST, merged, self.temp_dir)
         except OSError as exc:
-            raise CamcliError(
-                f"{self.out / MANIFEST}: cannot write the manifest ({_reason(exc)})"
-            ) from None
+            raise self._manifest_error(exc) from None  # a plain run: self.manifest is it
         for part in parts:
             part.unlink()
         return len(parts), len(merged)

@@ -119,9 +119,6 @@ class _Plan:
             for t in targets
         }
 
-    def all_exist(self) -> bool:
-        return all(p.exists() for paths in self.paths.values() for p in paths.values())
-
 
 def _load(
     source: Source, explainer: Explainer, keep_image: bool, max_pixels: int | None
