@@ -230,22 +230,11 @@ def model_view(image: Image.Image, preprocess: Preprocess) -> tuple[np.ndarray, 
     ``fit="stretch"`` the whole image is resized to the square instead.
     """
     resample = _RESAMPLE.get(preprocess.interpolation, Image.Resampling.BILINEAR)
-    width, height = image.size
     size = preprocess.crop_size
     if preprocess.fit == "stretch":
         view = image.resize((size, size), resample)
-        return np.asarray(view), Box(0.0, 0.0, float(width), float(height))
-    short, long = (width, height) if width <= height else (height, width)
-    new_short = preprocess.resize_size
-    new_long = int(new_short * long / short)
-    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
-    if new_w < size or new_h < size:  # pad-free: grow until the crop fits
-        scale = size / min(new_w, new_h)
-        new_w, new_h = max(size, round(new_w * scale)), max(size, round(new_h * scale))
-    top = round((new_h - size) / 2.0)
-    left = round((new_w - size) / 2.0)
-    sx, sy = width / new_w, height / new_h
-    box = Box(left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        return np.asarray(view), Box(0.0, 0.0, float(image.width), float(image.height))
+    new_w, new_h, left, top, box = crop_geometry(image.width, image.height, preprocess)
     if new_w * new_h <= _RESIZE_WHOLE_MAX_PIXELS:
         view = np.asarray(image.resize((new_w, new_h), resample))[
             top : top + size, left : left + size
@@ -257,6 +246,26 @@ def model_view(image: Image.Image, preprocess: Preprocess) -> tuple[np.ndarray, 
         crop = (box.x0, box.y0, box.x1, box.y1)
         view = np.asarray(image.resize((size, size), resample, box=crop))
     return np.ascontiguousarray(view), box
+
+
+def crop_geometry(
+    width: int, height: int, preprocess: Preprocess
+) -> tuple[int, int, int, int, Box]:
+    """``fit="crop"``: the resized size (new_w, new_h), the crop's left and top in it, and the
+    crop as a box in the image; shared by ``model_view`` and the tensor stages."""
+    size = preprocess.crop_size
+    short, long = (width, height) if width <= height else (height, width)
+    new_short = preprocess.resize_size
+    new_long = int(new_short * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    if new_w < size or new_h < size:  # pad-free: grow until the crop fits
+        scale = size / min(new_w, new_h)
+        new_w, new_h = max(size, round(new_w * scale)), max(size, round(new_h * scale))
+    top = round((new_h - size) / 2.0)
+    left = round((new_w - size) / 2.0)
+    sx, sy = width / new_w, height / new_h
+    box = Box(left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    return new_w, new_h, left, top, box
 
 
 @dataclass(frozen=True)
