@@ -27,7 +27,7 @@ from camcli.layers import (
     spatial_layout,
     trace_layers,
 )
-from camcli.models import _head_layer, load_model
+from camcli.models import head_layer, load_model
 
 ALL_MODELS = torchvision.models.list_models(module=torchvision.models)
 
@@ -111,7 +111,7 @@ def prepare_untrained(model: nn.Module) -> None:
         for name, param in model.named_parameters():
             if name.endswith("weight") and param.ndim >= 2 and not param.any():
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
-        head = _head_layer(model)
+        head = head_layer(model)
         if head is not None and head[1].bias is not None:
             head[1].bias.zero_()
 
@@ -179,7 +179,7 @@ def rectified_cam(loaded, layer: str, class_indices: np.ndarray) -> np.ndarray:
             model(batch)
     finally:
         handle.remove()
-    weight = _head_layer(model)[1].weight.detach()[torch.from_numpy(class_indices)]
+    weight = head_layer(model)[1].weight.detach()[torch.from_numpy(class_indices)]
     with torch.no_grad():
         maps = torch.einsum("ntc,nchw->nthw", weight, torch.relu(captured[0]))
     return maps.numpy()

@@ -213,7 +213,7 @@ def test_allocation_failure_while_building_is_a_usage_error(monkeypatch):
     def fail(name, num_classes):
         raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 9 GB")
 
-    monkeypatch.setattr("camcli.models._build", fail)
+    monkeypatch.setattr("camcli.models.torchvision.build", fail)
     with pytest.raises(UsageError, match=r"not enough memory to build resnet18 with 5000 classes"):
         load_model("resnet18", weights="none", num_classes=5000, device="cpu")
 
