@@ -205,8 +205,14 @@ def run(
         typer.Option(help="Model input size in pixels (default: the weights' own).", min=16),
     ] = None,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", "-b", help="Images per forward pass.", min=1)
-    ] = 16,
+        str,
+        typer.Option(
+            "--batch-size",
+            "-b",
+            help="Images per forward pass, or auto: on a GPU the largest batch that fits and "
+            "pays, measured at start-up; on the CPU 16.",
+        ),
+    ] = "auto",
     aug_smooth: Annotated[
         bool,
         typer.Option(
@@ -274,9 +280,11 @@ def run(
     from camcli.pipeline import RunConfig
     from camcli.runner import run_images
     from camcli.shards import parse_shard
+    from camcli.stages.batchsize import parse_batch_size
 
     try:
         parsed_shard = None if shard is None else parse_shard(shard)
+        parsed_batch_size = parse_batch_size(batch_size)
     except CamcliError as exc:
         _fail(exc)
     config = RunConfig(
@@ -284,7 +292,7 @@ def run(
         formats=tuple(dict.fromkeys(f.value for f in (fmt or [Format.jpg]))),
         alpha=alpha,
         colormap=colormap,
-        batch_size=batch_size,
+        batch_size=parsed_batch_size,
         skip_existing=skip_existing,
         max_pixels=max_pixels,  # None: camcli.images.DEFAULT_MAX_PIXELS
         shard=parsed_shard,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from camcli.errors import CamcliError, InputError
 from camcli.explain import Explainer, Target, to_model_input
@@ -31,6 +32,7 @@ from camcli.render import overlay, saliency_images
 from camcli.shards import Shard
 from camcli.signals import interrupts_ignored, interrupts_raise
 from camcli.sources import Source
+from camcli.stages.tensor_path import TensorStages, tensor_stages
 from camcli.writers import encode_image, encode_npy, output_path, write_atomic
 
 Job = Future[list[Record]] | list[Record]
@@ -46,7 +48,7 @@ class RunConfig:
     colormap: str = "jet"
     batch_size: int = 16
     skip_existing: bool = False
-    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    workers: int = field(default_factory=lambda: all_cores())
     max_pixels: int | None = None  # None: the images module's default
     shard: Shard | None = None  # --shard I/N: its own manifest part, lock and temp folder
 
@@ -83,6 +85,13 @@ def run_settings(
     return settings
 
 
+def all_cores() -> int:
+    """The CPU cores this process may run on (its affinity, as a job scheduler sets it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 @dataclass
 class Summary:
     total: int = 0
@@ -94,8 +103,8 @@ class Summary:
 @dataclass
 class _Loaded:
     source: Source
-    image: np.ndarray | None  # full-size RGB, only when an overlay is written
-    view: np.ndarray
+    image: np.ndarray | torch.Tensor | None  # full-size RGB, only when an overlay is written
+    view: np.ndarray | torch.Tensor  # (S, S, 3) array, or (3, S, S) on the tensor stages
     box: Box
 
 
@@ -121,10 +130,17 @@ class _Plan:
 
 
 def _load(
-    source: Source, explainer: Explainer, keep_image: bool, max_pixels: int | None
+    source: Source,
+    explainer: Explainer,
+    keep_image: bool,
+    max_pixels: int | None,
+    stages: TensorStages | None = None,
 ) -> _Loaded:
     if source.error:
         raise InputError(f"{source.display}: {source.error}")
+    if stages is not None:
+        image, tensor_view, tensor_box = stages.load(source.path)
+        return _Loaded(source, image if keep_image else None, tensor_view, tensor_box)
     image = load_image(source.path, max_pixels=max_pixels)
     view, box = model_view(image, explainer.loaded.preprocess)
     return _Loaded(source, np.asarray(image) if keep_image else None, view, box)
@@ -160,6 +176,10 @@ class Pipeline:
         self.pixel_space = explainer.method.pixel_space
         self.settings = dict(settings if settings is not None else run_settings(explainer, config))
         self.temp_dir: Path | None = None
+        loaded = explainer.loaded
+        self.stages = tensor_stages(
+            loaded.device, loaded.preprocess, self.pixel_space, config.max_pixels
+        )
 
     def _base(self, source: Source) -> Record:
         return {
@@ -217,6 +237,10 @@ class Pipeline:
                     elif pictures is not None:
                         gray = fmt.startswith("gray.")
                         data = encode_image(pictures[1] if gray else pictures[0], fmt[-3:])
+                    elif isinstance(item.image, torch.Tensor):
+                        assert self.stages is not None
+                        data = self.stages.overlay_bytes(item.image, cam, item.box, fmt,
+                                                         self.config.alpha, self.config.colormap)  # fmt: skip
                     else:
                         assert item.image is not None
                         rgb = overlay(item.image, cam, item.box, alpha=self.config.alpha,
@@ -354,7 +378,7 @@ class Pipeline:
                 ahead.append((plan, skipped))
             else:
                 ahead.append((plan, pool.submit(_load, source, self.explainer, self.keep_image,
-                                                self.config.max_pixels)))  # fmt: skip
+                                                self.config.max_pixels, self.stages)))  # fmt: skip
             return True
 
         while len(ahead) < 2 * size and submit_next():
@@ -386,9 +410,13 @@ class Pipeline:
         that is not finite...) is an error record and gets no files.
         """
         loaded = self.explainer.loaded
-        views = np.stack([item.view for _, item in good])
+        views = [item.view for _, item in good]
         try:
-            result = self.explainer.explain(to_model_input(views, loaded), self.targets)
+            if self.stages is not None:
+                batch = self.stages.model_input(views)
+            else:
+                batch = to_model_input(np.stack(views), loaded)
+            result = self.explainer.explain(batch, self.targets)
         except RuntimeError as exc:  # out of memory, a model that fails on this input...
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "RuntimeError"
             return [

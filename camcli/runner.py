@@ -17,6 +17,7 @@ from camcli.progress import RunDisplay
 from camcli.render import colormap_lut
 from camcli.shards import select_sources
 from camcli.sources import collect_sources
+from camcli.stages.batchsize import AUTO, auto_batch_size
 
 
 def run_images(
@@ -76,6 +77,8 @@ def run_images(
             precision=precision,
         )
         parsed = parse_targets(targets, top_k, loaded.labels, loaded.num_classes)
+        if config.batch_size == AUTO:
+            config.batch_size = auto_batch_size(explainer, parsed)
         resume_gc()
 
         with display.running(f"{explainer.method_name} {loaded.name}", total=len(sources)):

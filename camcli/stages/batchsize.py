@@ -10,8 +10,12 @@ whose throughput ``n / seconds`` is not ``gain`` times the previous size's, or p
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import torch
+
+from camcli.errors import UsageError
+from camcli.explain import Explainer, Target
 from camcli.models import is_out_of_memory
 
 AUTO = 0  # RunConfig.batch_size for ``--batch-size auto``
@@ -53,3 +57,29 @@ def find_batch_size(
         best, best_rate = size, rate
         size *= 2
     return best
+
+
+def parse_batch_size(text: str) -> int:
+    """``--batch-size``: a positive number, or ``auto`` (``AUTO``)."""
+    value = text.strip().lower()
+    if value == "auto":
+        return AUTO
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise UsageError(f"--batch-size {text!r}: use a number of images (1 or more) or auto")
+
+
+def auto_batch_size(explainer: Explainer, targets: Sequence[Target]) -> int:
+    """``--batch-size auto`` for this explainer: ``CPU_BATCH`` off CUDA, else the size
+    ``find_batch_size`` measures with the real model and method on random inputs."""
+    loaded = explainer.loaded
+    device = loaded.device
+    if device.type != "cuda":
+        return CPU_BATCH
+    size = loaded.preprocess.crop_size
+
+    def probe(n: int) -> None:
+        batch = torch.rand(n, 3, size, size, device=device)
+        explainer.explain(batch, targets)  # its results come back to the host: synchronised
+
+    return find_batch_size(probe, on_out_of_memory=torch.cuda.empty_cache)

@@ -8,7 +8,6 @@ from Pillow's by at most 1 (measured and bounded in tests/test_gpu_stages.py).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.nn import functional as F
@@ -59,8 +58,3 @@ def tensor_model_input(
     mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
     return batch.sub_(mean).div_(std)
-
-
-def views_as_array(views: list[torch.Tensor]) -> np.ndarray:
-    """(N, S, S, 3) uint8 on the CPU, the layout the CPU path's views have."""
-    return torch.stack(views).permute(0, 2, 3, 1).cpu().numpy()
