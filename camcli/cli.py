@@ -53,6 +53,11 @@ class Fit(str, Enum):
     stretch = "stretch"
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 def _stderr():
     from rich.console import Console
 
@@ -275,8 +280,46 @@ def run(
     json_lines: Annotated[
         bool, typer.Option("--json", help="Print one JSON object per result on stdout.")
     ] = False,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            help="local: threads and one model in this process; ray: Ray Data (read tasks, an "
+            "actor pool with one model per actor), needs pip install 'camcli[ray]'."
+        ),
+    ] = Engine.local,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="With --engine ray: the cluster to join (auto: the one this machine is in; "
+            "ray://host:10001). Default: a new local Ray instance.",
+            metavar="ADDR",
+            show_default=False,
+        ),
+    ] = None,
+    ray_actors: Annotated[
+        int | None,
+        typer.Option(
+            "--ray-actors",
+            help="With --engine ray: a fixed pool of N actors (one model each). Default: from "
+            "1 up to what the cluster holds.",
+            metavar="N",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
+    num_gpus: Annotated[
+        float | None,
+        typer.Option(
+            "--num-gpus",
+            help="With --engine ray: GPUs per actor (0.5 shares one GPU between two actors).",
+            min=0.0,
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Write heatmaps (overlays or raw maps) for images, files or whole folders."""
+    from camcli.engines.ray import RayOptions
     from camcli.pipeline import RunConfig
     from camcli.runner import run_images
     from camcli.shards import parse_shard
@@ -319,6 +362,12 @@ def run(
             aug_smooth=aug_smooth,
             eigen_smooth=eigen_smooth,
             chunk_size=chunk_size,
+            engine=engine.value,
+            ray=(
+                RayOptions(address=ray_address, actors=ray_actors, num_gpus=num_gpus or 0.0)
+                if engine is Engine.ray or ray_address or ray_actors or num_gpus
+                else None
+            ),
         )
     except CamcliError as exc:
         _fail(exc)

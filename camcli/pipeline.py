@@ -21,19 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from camcli.errors import CamcliError, InputError
-from camcli.explain import Explainer, Target, to_model_input
-from camcli.images import Box, load_image, model_view
+from camcli.engines.batch import BatchWork, Loaded, Plan
+from camcli.errors import CamcliError
+from camcli.explain import Explainer, Target
 from camcli.outfolder import Key, OutputFolder, Record
-from camcli.render import overlay, saliency_images
 from camcli.shards import Shard
 from camcli.signals import interrupts_ignored, interrupts_raise
 from camcli.sources import Source
-from camcli.stages.tensor_path import TensorStages, tensor_stages
-from camcli.writers import encode_image, encode_npy, output_path, write_atomic
 
 Job = Future[list[Record]] | list[Record]
 
@@ -100,52 +94,6 @@ class Summary:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-@dataclass
-class _Loaded:
-    source: Source
-    image: np.ndarray | torch.Tensor | None  # full-size RGB, only when an overlay is written
-    view: np.ndarray | torch.Tensor  # (S, S, 3) array, or (3, S, S) on the tensor stages
-    box: Box
-
-
-class _Plan:
-    """The outputs one source will have: per target, per format.
-
-    Pixel-space methods (guided backprop) write, per image format, the colour saliency as
-    ``<rel>.<method>.<tag>.<fmt>`` and the gray one as ``<rel>.<method>.<tag>.gray.<fmt>``.
-    """
-
-    def __init__(self, source: Source, config: RunConfig, method: str, targets: Sequence[Target],
-                 pixel_space: bool = False, layer: str | None = None):  # fmt: skip
-        self.source = source
-        formats = list(config.formats)
-        if pixel_space:
-            formats += [f"gray.{f}" for f in config.formats if f != "npy"]
-        self.paths = {
-            t.tag: {
-                f: output_path(config.out, source.rel, method, t.tag, f, layer) for f in formats
-            }
-            for t in targets
-        }
-
-
-def _load(
-    source: Source,
-    explainer: Explainer,
-    keep_image: bool,
-    max_pixels: int | None,
-    stages: TensorStages | None = None,
-) -> _Loaded:
-    if source.error:
-        raise InputError(f"{source.display}: {source.error}")
-    if stages is not None:
-        image, tensor_view, tensor_box = stages.load(source.path)
-        return _Loaded(source, image if keep_image else None, tensor_view, tensor_box)
-    image = load_image(source.path, max_pixels=max_pixels)
-    view, box = model_view(image, explainer.loaded.preprocess)
-    return _Loaded(source, np.asarray(image) if keep_image else None, view, box)
-
-
 class Pipeline:
     """Runs one explainer over many sources, calling ``on_record`` for each manifest record.
 
@@ -165,109 +113,12 @@ class Pipeline:
         name_layers: bool = False,
         settings: Mapping[str, Any] | None = None,
     ) -> None:
-        self.explainer = explainer
-        self.targets = list(targets)
         self.config = config
         self.on_record = on_record
         self.on_progress = on_progress
-        self.keep_image = any(f in ("jpg", "png") for f in config.formats)
-        self.layer = "+".join(explainer.layer_names)
-        self.name_layer = self.layer if name_layers else None
-        self.pixel_space = explainer.method.pixel_space
-        self.settings = dict(settings if settings is not None else run_settings(explainer, config))
-        self.temp_dir: Path | None = None
-        loaded = explainer.loaded
-        self.stages = tensor_stages(
-            loaded.device, loaded.preprocess, self.pixel_space, config.max_pixels
-        )
-
-    def _base(self, source: Source) -> Record:
-        return {
-            "input": str(source.path),
-            "method": self.explainer.method_name,
-            "layer": self.layer,
-        }
-
-    def _error(self, source: Source, message: str) -> list[Record]:
-        record = self._base(source)
-        record.update(status="error", error=message, outputs=[], target=None)
-        record.update(class_index=None, label=None, score=None, settings=self.settings)
-        return [record]
-
-    def _skipped(self, plan: _Plan, previous: Mapping[Key, Record]) -> list[Record] | None:
-        """The records of a source whose outputs all exist and were made with these settings
-        (their earlier predictions kept), or None: redo it."""
-        records = []
-        for tag, paths in plan.paths.items():
-            outputs = [str(p) for p in paths.values()]
-            key = (str(plan.source.path), self.explainer.method_name, self.layer, tag)
-            earlier = previous.get(key)
-            if (
-                earlier is None
-                or earlier.get("status") != "ok"
-                or earlier.get("settings") != self.settings
-                or not set(outputs) <= set(earlier.get("outputs") or ())
-                or not all(p.exists() for p in paths.values())
-            ):
-                return None
-            records.append({**earlier, "outputs": outputs, "skipped": True})
-        return records
-
-    def _write(self, item: _Loaded, plan: _Plan, maps: np.ndarray, classes: np.ndarray,
-               scores: np.ndarray, saliency: np.ndarray | None = None,
-               blank: Sequence[str | None] | None = None) -> list[Record]:  # fmt: skip
-        """Render, encode and write one image's outputs; its records.
-
-        Any failure is this image's error record, and the files it had written are removed:
-        a file on disk always has its record.
-        """
-        records = []
-        written: list[Path] = []
-        loaded = self.explainer.loaded
-        try:
-            for t, target in enumerate(self.targets):
-                cam = maps[t]
-                outputs = []
-                pictures = None
-                if saliency is not None and item.image is not None:
-                    pictures = saliency_images(saliency[t], item.box, item.image.shape[:2])
-                for fmt, path in plan.paths[target.tag].items():
-                    if fmt == "npy":
-                        data = encode_npy(cam)
-                    elif pictures is not None:
-                        gray = fmt.startswith("gray.")
-                        data = encode_image(pictures[1] if gray else pictures[0], fmt[-3:])
-                    elif isinstance(item.image, torch.Tensor):
-                        assert self.stages is not None
-                        data = self.stages.overlay_bytes(item.image, cam, item.box, fmt,
-                                                         self.config.alpha, self.config.colormap)  # fmt: skip
-                    else:
-                        assert item.image is not None
-                        rgb = overlay(item.image, cam, item.box, alpha=self.config.alpha,
-                                      colormap=self.config.colormap)  # fmt: skip
-                        data = encode_image(rgb, fmt)
-                    write_atomic(path, data, self.temp_dir)
-                    written.append(path)
-                    outputs.append(str(path))
-                record = self._base(item.source)
-                index = int(classes[t])
-                record.update(status="ok", error=None, outputs=outputs, target=target.tag,
-                              class_index=index, label=loaded.label(index),
-                              score=round(float(scores[t]), 6))  # fmt: skip
-                if blank is not None and blank[t]:
-                    record["warning"] = blank[t]
-                record["settings"] = self.settings
-                records.append(record)
-        except BaseException as exc:
-            for path in written:
-                with contextlib.suppress(OSError):
-                    path.unlink()
-            if not isinstance(exc, Exception):
-                raise  # an interrupt: the run stops
-            what = "cannot write output" if isinstance(exc, OSError | CamcliError) else "failed"
-            reason = str(exc) if isinstance(exc, CamcliError) else f"{type(exc).__name__}: {exc}"
-            return self._error(item.source, f"{item.source.display}: {what} ({reason})")
-        return records
+        settings = settings if settings is not None else run_settings(explainer, config)
+        # What one batch becomes (load, explain, write) is the engines' shared per-batch work.
+        self.work = BatchWork(explainer, targets, config, settings, name_layers=name_layers)
 
     def run(self, sources: Sequence[Source], folder: OutputFolder | None = None) -> Summary:
         """Explain and write every source into ``folder`` (default: ``config.out``, opened and
@@ -280,7 +131,7 @@ class Pipeline:
 
     def _run(self, sources: Sequence[Source], folder: OutputFolder) -> Summary:
         config = self.config
-        self.temp_dir = folder.temp_dir
+        self.work.temp_dir = folder.temp_dir
         previous = folder.previous() if config.skip_existing else {}
         summary = Summary(total=len(sources))
         pending: deque[Job] = deque()
@@ -348,7 +199,7 @@ class Pipeline:
             if isinstance(job, list):
                 records = job
             elif job.cancelled() or job.exception() is not None:
-                continue  # nothing written, or its files removed (``_write``)
+                continue  # nothing written, or its files removed (``BatchWork.write``)
             else:
                 records = job.result()
             try:
@@ -360,78 +211,35 @@ class Pipeline:
 
     def _batches(
         self, sources: Sequence[Source], pool: ThreadPoolExecutor, previous: Mapping[Key, Record]
-    ) -> Iterator[list[tuple[_Plan, _Loaded | list[Record]]]]:
+    ) -> Iterator[list[tuple[Plan, Loaded | list[Record]]]]:
         """Batches of (plan, loaded image or ready records), loading ``2 * batch`` ahead."""
-        method = self.explainer.method_name
         size = self.config.batch_size
-        ahead: deque[tuple[_Plan, Future[_Loaded] | list[Record]]] = deque()
+        ahead: deque[tuple[Plan, Future[Loaded | list[Record]] | list[Record]]] = deque()
         feed = iter(sources)
 
         def submit_next() -> bool:
             source = next(feed, None)
             if source is None:
                 return False
-            plan = _Plan(source, self.config, method, self.targets, self.pixel_space,
-                         self.name_layer)  # fmt: skip
-            skipped = self._skipped(plan, previous) if self.config.skip_existing else None
+            plan = self.work.plan(source)
+            skipped = self.work.skipped(plan, previous) if self.config.skip_existing else None
             if skipped is not None:
                 ahead.append((plan, skipped))
             else:
-                ahead.append((plan, pool.submit(_load, source, self.explainer, self.keep_image,
-                                                self.config.max_pixels, self.stages)))  # fmt: skip
+                ahead.append((plan, pool.submit(self.work.read, plan)))
             return True
 
         while len(ahead) < 2 * size and submit_next():
             pass
-        batch: list[tuple[_Plan, _Loaded | list[Record]]] = []
+        batch: list[tuple[Plan, Loaded | list[Record]]] = []
         while ahead:
             plan, job = ahead.popleft()
             submit_next()
-            if isinstance(job, list):
-                batch.append((plan, job))
-            else:
-                try:
-                    batch.append((plan, job.result()))
-                except InputError as exc:
-                    batch.append((plan, self._error(plan.source, str(exc))))
-                except Exception as exc:  # a decoder bug must not stop the batch
-                    message = (
-                        f"{plan.source.display}: cannot read image ({type(exc).__name__}: {exc})"
-                    )
-                    batch.append((plan, self._error(plan.source, message)))
+            batch.append((plan, job if isinstance(job, list) else job.result()))
             if len(batch) >= size or not ahead:
                 yield batch
                 batch = []
 
-    def _explain(self, good: list[tuple[_Plan, _Loaded]], pool: ThreadPoolExecutor) -> list[Job]:
-        """Explain one batch; returns, per image, its write job (or its error records).
-
-        An image the explainer marks with a problem (``Explanation.problems``: a model output
-        that is not finite...) is an error record and gets no files.
-        """
-        loaded = self.explainer.loaded
-        views = [item.view for _, item in good]
-        try:
-            if self.stages is not None:
-                batch = self.stages.model_input(views)
-            else:
-                batch = to_model_input(np.stack(views), loaded)
-            result = self.explainer.explain(batch, self.targets)
-        except RuntimeError as exc:  # out of memory, a model that fails on this input...
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "RuntimeError"
-            return [
-                self._error(plan.source, f"{plan.source.display}: model failed ({reason})")
-                for plan, _ in good
-            ]
-        saliency = result.saliency
-        problems = result.problems or [None] * len(good)
-        blank = result.blank or [None] * len(good)
-        jobs: list[Job] = []
-        for i, (plan, item) in enumerate(good):
-            if problems[i]:
-                jobs.append(self._error(plan.source, f"{plan.source.display}: {problems[i]}"))
-                continue
-            sal = None if saliency is None else saliency[i]
-            jobs.append(pool.submit(self._write, item, plan, result.maps[i],
-                                    result.class_indices[i], result.scores[i], sal, blank[i]))  # fmt: skip
-        return jobs
+    def _explain(self, good: list[tuple[Plan, Loaded]], pool: ThreadPoolExecutor) -> list[Job]:
+        """Explain one batch; per image, its write job in ``pool`` (or its error records)."""
+        return [j if isinstance(j, list) else pool.submit(j) for j in self.work.explain(good)]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from camcli import resume_gc
-from camcli.errors import EXIT_OK, EXIT_SOME_FAILED
+from camcli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
 from camcli.explain import Explainer, parse_targets
 from camcli.methods import get_method_class
 from camcli.models import load_model
@@ -18,6 +19,11 @@ from camcli.render import colormap_lut
 from camcli.shards import select_sources
 from camcli.sources import collect_sources
 from camcli.stages.batchsize import AUTO, auto_batch_size
+
+if TYPE_CHECKING:
+    from camcli.engines.ray import RayOptions
+
+ENGINES = ("local", "ray")
 
 
 def run_images(
@@ -42,12 +48,17 @@ def run_images(
     aug_smooth: bool = False,
     eigen_smooth: bool = False,
     chunk_size: int = 32,
+    engine: str = "local",
+    ray: RayOptions | None = None,
 ) -> int:
     """Explain every image in ``paths`` and write the outputs; returns the exit code.
 
-    Raises a CamcliError (exit 2) for any setup problem before a single image is processed.
+    ``engine``: ``local`` (threads and one model here) or ``ray`` (Ray Data, ``ray`` says
+    where and how wide; ``camcli.engines.ray``). Raises a CamcliError (exit 2) for any setup
+    problem before a single image is processed.
     """
     display = RunDisplay(quiet=quiet, json_lines=json_lines)
+    driver_device = _check_engine(engine, ray, device)
     with display.warnings_once():
         get_method_class(method)
         colormap_lut(config.colormap)
@@ -61,7 +72,7 @@ def run_images(
             checkpoint=checkpoint,
             num_classes=num_classes,
             labels=labels,
-            device=device,
+            device=driver_device,
             input_size=input_size,
             fit=fit,
             progress=display.live,
@@ -82,15 +93,51 @@ def run_images(
         resume_gc()
 
         with display.running(f"{explainer.method_name} {loaded.name}", total=len(sources)):
-            pipeline = Pipeline(
-                explainer,
-                parsed,
-                config,
-                on_record=display.record,
-                on_progress=display.advance,
-                name_layers=bool(layers),
-                settings=run_settings(explainer, config, checkpoint),
-            )
-            summary = pipeline.run(sources)
+            settings = run_settings(explainer, config, checkpoint)
+            if engine == "ray":
+                from camcli.engines.batch import BatchWork
+                from camcli.engines.ray import ActorSetup, RayOptions, run_on_ray
+
+                model_args = dict(name=model, weights=weights, checkpoint=checkpoint,
+                                  num_classes=num_classes, labels=labels, device=device,
+                                  input_size=input_size, fit=fit)  # fmt: skip
+                explainer_args = dict(method=method, layers=list(layers), aug_smooth=aug_smooth,
+                                      eigen_smooth=eigen_smooth, chunk_size=chunk_size,
+                                      precision=precision)  # fmt: skip
+                work = BatchWork(explainer, parsed, config, settings, name_layers=bool(layers))
+                setup = ActorSetup(model_args, explainer_args, parsed, config, settings,
+                                   name_layers=bool(layers))  # fmt: skip
+                summary = run_on_ray(sources, work, setup, ray or RayOptions(),
+                                     on_record=display.record, on_progress=display.advance)  # fmt: skip
+            else:
+                pipeline = Pipeline(
+                    explainer,
+                    parsed,
+                    config,
+                    on_record=display.record,
+                    on_progress=display.advance,
+                    name_layers=bool(layers),
+                    settings=settings,
+                )
+                summary = pipeline.run(sources)
     display.finish(summary, config.out, part_name(config.shard) if config.shard else MANIFEST)
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
+
+
+def _check_engine(engine: str, ray: RayOptions | None, device: str) -> str:
+    """UsageError unless the engine options fit together; the device the driver loads the
+    model on (to check the setup): the CPU when the GPUs belong to Ray's actors."""
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r} (use {' or '.join(ENGINES)})")
+    if engine != "ray":
+        if ray is not None:
+            raise UsageError("--ray-address, --ray-actors and --num-gpus need --engine ray")
+        return device
+    from camcli.engines.ray import import_ray
+
+    import_ray()  # not installed: exit 2 with the install command, before the model loads
+    if ray is not None and ray.num_gpus > 0:
+        if device == "cpu":
+            raise UsageError("--num-gpus with --device cpu: the actors would hold GPUs unused")
+        return "cpu"
+    return device

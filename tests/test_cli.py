@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import camcli.pipeline
+import camcli.engines.batch
 from camcli.cli import app
 from conftest import ROOT, random_image, tiny_args
 
@@ -200,7 +200,7 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(
 ):
     folder, _ = shapes_dir
     out = tmp_path / "out"
-    real = camcli.pipeline.write_atomic
+    real = camcli.engines.batch.write_atomic
     calls = []
 
     def flaky(path, data, *args, **kwargs):
@@ -209,7 +209,7 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(
             raise KeyboardInterrupt
         real(path, data, *args, **kwargs)
 
-    monkeypatch.setattr(camcli.pipeline, "write_atomic", flaky)
+    monkeypatch.setattr(camcli.engines.batch, "write_atomic", flaky)
     result = invoke("run", folder, "--out", out, "--batch-size", "2", *tiny_args(tiny_checkpoint))
     assert result.exit_code == 130
     assert "interrupted" in result.stderr
@@ -218,7 +218,7 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(
     assert 0 < len(written) < 12
     assert all(Image.open(p).size == (64, 64) for p in written)  # every file that exists is whole
     assert all(r["status"] == "ok" for r in manifest(out))
-    monkeypatch.setattr(camcli.pipeline, "write_atomic", real)
+    monkeypatch.setattr(camcli.engines.batch, "write_atomic", real)
     result = invoke("run", folder, "--out", out, "--skip-existing", *tiny_args(tiny_checkpoint))
     assert result.exit_code == 0, result.output
     assert len(list(out.rglob("*.jpg"))) == 12 and len(manifest(out)) == 12

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import camcli.pipeline
+import camcli.engines.batch
 from camcli.cli import app
 from camcli.errors import UsageError
 from camcli.explain import Explainer, Target
@@ -129,7 +129,7 @@ def test_memory_stays_bounded_with_a_slow_writer(tiny_explainer, tmp_path, monke
     for i in range(60):
         Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
     held, peak, lock = [0], [0], threading.Lock()
-    real_load, real_write = camcli.pipeline._load, camcli.pipeline.write_atomic
+    real_load, real_write = camcli.engines.batch.load, camcli.engines.batch.write_atomic
 
     def load(*args, **kwargs):
         item = real_load(*args, **kwargs)
@@ -145,8 +145,8 @@ def test_memory_stays_bounded_with_a_slow_writer(tiny_explainer, tmp_path, monke
         with lock:
             held[0] -= 1
 
-    monkeypatch.setattr(camcli.pipeline, "_load", load)
-    monkeypatch.setattr(camcli.pipeline, "write_atomic", slow_write)
+    monkeypatch.setattr(camcli.engines.batch, "load", load)
+    monkeypatch.setattr(camcli.engines.batch, "write_atomic", slow_write)
     batch = 2
     config = RunConfig(out=tmp_path / "out", formats=("jpg",), batch_size=batch, workers=2)
     summary = Pipeline(tiny_explainer, [Target(rank=1)], config).run(collect_sources([str(folder)]))
@@ -184,6 +184,6 @@ def test_on_cuda_the_run_stays_on_the_gpu_and_auto_finds_a_bigger_batch(tiny_che
     folder = _inputs(tmp_path / "in")
     config = RunConfig(out=tmp_path / "out", formats=("jpg", "npy"), batch_size=4)
     pipeline = Pipeline(explainer, [Target(rank=1)], config)
-    assert pipeline.stages is not None and pipeline.stages.device.type == "cuda"
+    assert pipeline.work.stages is not None and pipeline.work.stages.device.type == "cuda"
     summary = pipeline.run(collect_sources([str(folder)]))
     assert summary.ok == 5 and len(summary.failed) == 2

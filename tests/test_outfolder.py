@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import camcli.pipeline
+import camcli.engines.batch
 from camcli.cli import app
 from camcli.errors import UsageError
 from camcli.outfolder import LOCK_FILE, MANIFEST, TEMP_DIR, OutputFolder, compact, read_manifest
@@ -319,14 +319,14 @@ def test_an_exception_while_rendering_one_image_is_that_images_error_record(
 ):
     folder, _ = shapes_dir
     out = tmp_path / "out"
-    real = camcli.pipeline.overlay
+    real = camcli.engines.batch.overlay
 
     def fragile(image, *args, **kwargs):
         if image.shape[1] == 1:
             raise ValueError("OpenCV cannot resize to 1 px")
         return real(image, *args, **kwargs)
 
-    monkeypatch.setattr(camcli.pipeline, "overlay", fragile)
+    monkeypatch.setattr(camcli.engines.batch, "overlay", fragile)
     from PIL import Image
 
     Image.new("RGB", (1, 40), "red").save(folder / "a" / "thin.png")

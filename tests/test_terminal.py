@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from typer.testing import CliRunner
 
-import camcli.pipeline
+import camcli.engines.batch
 import camcli.runner
 from camcli.cli import app
 from camcli.errors import CamcliWarning
@@ -153,7 +153,7 @@ def test_each_distinct_warning_is_one_line_from_setup_threads_and_records(
 ):
     folder, _ = shapes_dir
     real_parse, real_overlay, real_pipeline = (
-        camcli.runner.parse_targets, camcli.pipeline.overlay, camcli.runner.Pipeline,
+        camcli.runner.parse_targets, camcli.engines.batch.overlay, camcli.runner.Pipeline,
     )  # fmt: skip
 
     def parse_targets(*args, **kwargs):  # setup, in the main thread, twice
@@ -172,7 +172,7 @@ def test_each_distinct_warning_is_one_line_from_setup_threads_and_records(
         )  # fmt: skip
 
     monkeypatch.setattr(camcli.runner, "parse_targets", parse_targets)
-    monkeypatch.setattr(camcli.pipeline, "overlay", overlay)
+    monkeypatch.setattr(camcli.engines.batch, "overlay", overlay)
     monkeypatch.setattr(camcli.runner, "Pipeline", pipeline)
     result = CliRunner().invoke(
         app,

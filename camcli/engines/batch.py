@@ -1,0 +1,277 @@
+"""The per-batch work every engine calls: loaded images -> maps -> files + manifest records.
+
+An engine decides how sources are fed (local threads in ``camcli.pipeline``, Ray actors in
+``camcli.engines.ray``) and where the records go (the output folder's manifest); what one image
+becomes is decided here, once:
+
+- ``read``: a source -> its decoded image and the model's view of it, or its error record;
+- ``explain``: a batch of loaded images -> per image, its write job (a callable, so that an
+  engine may run it in a thread pool) or its error records;
+- ``write``: one image's overlays / maps rendered, encoded and written atomically, and its
+  records; any failure is that image's error record, and the files it had written are removed
+  (a file on disk always has its record).
+
+Calling a ``BatchWork`` runs all three for one batch in the calling thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from camcli.errors import CamcliError, InputError
+from camcli.explain import Explainer, Target, to_model_input
+from camcli.images import Box, Preprocess, load_image, model_view
+from camcli.outfolder import Key, Record
+from camcli.render import overlay, saliency_images
+from camcli.sources import Source
+from camcli.stages.tensor_path import TensorStages, tensor_stages
+from camcli.writers import encode_image, encode_npy, output_path, write_atomic
+
+if TYPE_CHECKING:
+    from camcli.pipeline import RunConfig
+
+__all__ = ["BatchWork", "Loaded", "Plan", "WriteJob", "load"]
+
+#: One image's files written, returning its records.
+WriteJob = Callable[[], list[Record]]
+
+
+@dataclass
+class Loaded:
+    source: Source
+    image: np.ndarray | torch.Tensor | None  # full-size RGB, only when an overlay is written
+    view: np.ndarray | torch.Tensor  # (S, S, 3) array, or (3, S, S) from the tensor stages
+    box: Box
+
+
+class Plan:
+    """The outputs one source will have: per target, per format.
+
+    Pixel-space methods (guided backprop) write, per image format, the colour saliency as
+    ``<rel>.<method>.<tag>.<fmt>`` and the gray one as ``<rel>.<method>.<tag>.gray.<fmt>``.
+    """
+
+    def __init__(self, source: Source, config: RunConfig, method: str, targets: Sequence[Target],
+                 pixel_space: bool = False, layer: str | None = None):  # fmt: skip
+        self.source = source
+        formats = list(config.formats)
+        if pixel_space:
+            formats += [f"gray.{f}" for f in config.formats if f != "npy"]
+        self.paths = {
+            t.tag: {
+                f: output_path(config.out, source.rel, method, t.tag, f, layer) for f in formats
+            }
+            for t in targets
+        }
+
+
+def load(
+    source: Source,
+    preprocess: Preprocess,
+    keep_image: bool,
+    max_pixels: int | None,
+    stages: TensorStages | None = None,
+) -> Loaded | str:
+    """The source decoded, with the model's view of it; or why not, as one line naming it.
+
+    Needs no model (only its preprocessing), so an engine may decode where no model lives.
+    With ``stages`` the image and view are tensors on the stages' device.
+    """
+    try:
+        if source.error:
+            raise InputError(f"{source.display}: {source.error}")
+        if stages is not None:
+            pixels, tensor_view, tensor_box = stages.load(source.path)
+            return Loaded(source, pixels if keep_image else None, tensor_view, tensor_box)
+        image = load_image(source.path, max_pixels=max_pixels)
+        view, box = model_view(image, preprocess)
+    except InputError as exc:
+        return str(exc)
+    except Exception as exc:  # a decoder bug must not stop the batch
+        return f"{source.display}: cannot read image ({type(exc).__name__}: {exc})"
+    return Loaded(source, np.asarray(image) if keep_image else None, view, box)
+
+
+class BatchWork:
+    """One explainer, its targets and output settings, applied to batches of sources.
+
+    ``name_layers``: the layers were chosen by the user (``--layer``), so they go in the output
+    names. ``settings`` go in every record (``--skip-existing`` compares them). ``temp_dir``:
+    the output folder's temp folder (``OutputFolder.temp_dir``) that files are written through.
+    """
+
+    def __init__(
+        self,
+        explainer: Explainer,
+        targets: Sequence[Target],
+        config: RunConfig,
+        settings: Mapping[str, Any],
+        *,
+        name_layers: bool = False,
+        temp_dir: Path | None = None,
+    ) -> None:
+        self.explainer = explainer
+        self.targets = list(targets)
+        self.config = config
+        self.settings = dict(settings)
+        self.keep_image = any(f in ("jpg", "png") for f in config.formats)
+        self.layer = "+".join(explainer.layer_names)
+        self.name_layer = self.layer if name_layers else None
+        self.pixel_space = explainer.method.pixel_space
+        self.temp_dir = temp_dir
+        # Decode, view, draw and encode as tensors on the model's device (CUDA), or not.
+        model = explainer.loaded
+        self.stages = tensor_stages(
+            model.device, model.preprocess, self.pixel_space, config.max_pixels
+        )
+
+    def plan(self, source: Source) -> Plan:
+        return Plan(source, self.config, self.explainer.method_name, self.targets,
+                    self.pixel_space, self.name_layer)  # fmt: skip
+
+    def read(self, plan: Plan) -> Loaded | list[Record]:
+        """The source of ``plan`` loaded, or its error records."""
+        loaded = load(plan.source, self.explainer.loaded.preprocess, self.keep_image,
+                      self.config.max_pixels, self.stages)  # fmt: skip
+        return self.error(plan.source, loaded) if isinstance(loaded, str) else loaded
+
+    def _base(self, source: Source) -> Record:
+        return {
+            "input": str(source.path),
+            "method": self.explainer.method_name,
+            "layer": self.layer,
+        }
+
+    def error(self, source: Source, message: str) -> list[Record]:
+        """The one error record of a source that gets no files."""
+        record = self._base(source)
+        record.update(status="error", error=message, outputs=[], target=None)
+        record.update(class_index=None, label=None, score=None, settings=self.settings)
+        return [record]
+
+    def skipped(self, plan: Plan, previous: Mapping[Key, Record]) -> list[Record] | None:
+        """The records of a source whose outputs all exist and were made with these settings
+        (their earlier predictions kept), or None: redo it."""
+        records = []
+        for tag, paths in plan.paths.items():
+            outputs = [str(p) for p in paths.values()]
+            key = (str(plan.source.path), self.explainer.method_name, self.layer, tag)
+            earlier = previous.get(key)
+            if (
+                earlier is None
+                or earlier.get("status") != "ok"
+                or earlier.get("settings") != self.settings
+                or not set(outputs) <= set(earlier.get("outputs") or ())
+                or not all(p.exists() for p in paths.values())
+            ):
+                return None
+            records.append({**earlier, "outputs": outputs, "skipped": True})
+        return records
+
+    def write(self, item: Loaded, plan: Plan, maps: np.ndarray, classes: np.ndarray,
+              scores: np.ndarray, saliency: np.ndarray | None = None,
+              blank: Sequence[str | None] | None = None) -> list[Record]:  # fmt: skip
+        """Render, encode and write one image's outputs; its records.
+
+        Any failure is this image's error record, and the files it had written are removed:
+        a file on disk always has its record.
+        """
+        records = []
+        written: list[Path] = []
+        loaded = self.explainer.loaded
+        try:
+            for t, target in enumerate(self.targets):
+                cam = maps[t]
+                outputs = []
+                pictures = None
+                if saliency is not None and item.image is not None:
+                    pictures = saliency_images(saliency[t], item.box, item.image.shape[:2])
+                for fmt, path in plan.paths[target.tag].items():
+                    if fmt == "npy":
+                        data = encode_npy(cam)
+                    elif pictures is not None:
+                        gray = fmt.startswith("gray.")
+                        data = encode_image(pictures[1] if gray else pictures[0], fmt[-3:])
+                    elif isinstance(item.image, torch.Tensor):
+                        assert self.stages is not None
+                        data = self.stages.overlay_bytes(item.image, cam, item.box, fmt,
+                                                         self.config.alpha, self.config.colormap)  # fmt: skip
+                    else:
+                        assert item.image is not None
+                        rgb = overlay(item.image, cam, item.box, alpha=self.config.alpha,
+                                      colormap=self.config.colormap)  # fmt: skip
+                        data = encode_image(rgb, fmt)
+                    write_atomic(path, data, self.temp_dir)
+                    written.append(path)
+                    outputs.append(str(path))
+                record = self._base(item.source)
+                index = int(classes[t])
+                record.update(status="ok", error=None, outputs=outputs, target=target.tag,
+                              class_index=index, label=loaded.label(index),
+                              score=round(float(scores[t]), 6))  # fmt: skip
+                if blank is not None and blank[t]:
+                    record["warning"] = blank[t]
+                record["settings"] = self.settings
+                records.append(record)
+        except BaseException as exc:
+            for path in written:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            if not isinstance(exc, Exception):
+                raise  # an interrupt: the run stops
+            what = "cannot write output" if isinstance(exc, OSError | CamcliError) else "failed"
+            reason = str(exc) if isinstance(exc, CamcliError) else f"{type(exc).__name__}: {exc}"
+            return self.error(item.source, f"{item.source.display}: {what} ({reason})")
+        return records
+
+    def explain(self, good: Sequence[tuple[Plan, Loaded]]) -> list[WriteJob | list[Record]]:
+        """Explain one batch; returns, per image, its write job (or its error records).
+
+        An image the explainer marks with a problem (``Explanation.problems``: a model output
+        that is not finite...) is an error record and gets no files.
+        """
+        loaded = self.explainer.loaded
+        views = [item.view for _, item in good]
+        try:
+            if self.stages is not None and isinstance(views[0], torch.Tensor):
+                batch = self.stages.model_input(views)  # views from the tensor stages
+            else:
+                batch = to_model_input(np.stack(views), loaded)
+            result = self.explainer.explain(batch, self.targets)
+        except RuntimeError as exc:  # out of memory, a model that fails on this input...
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "RuntimeError"
+            return [
+                self.error(plan.source, f"{plan.source.display}: model failed ({reason})")
+                for plan, _ in good
+            ]
+        saliency = result.saliency
+        problems = result.problems or [None] * len(good)
+        blank = result.blank or [None] * len(good)
+        jobs: list[WriteJob | list[Record]] = []
+        for i, (plan, item) in enumerate(good):
+            if problems[i]:
+                jobs.append(self.error(plan.source, f"{plan.source.display}: {problems[i]}"))
+                continue
+            sal = None if saliency is None else saliency[i]
+            jobs.append(partial(self.write, item, plan, result.maps[i], result.class_indices[i],
+                                result.scores[i], sal, blank[i]))  # fmt: skip
+        return jobs
+
+    def __call__(self, batch: Sequence[tuple[Plan, Loaded | list[Record]]]) -> list[list[Record]]:
+        """A batch of (plan, loaded image or its ready records) explained and written here, in
+        this thread; per image, its records, in the batch's order."""
+        good = [(plan, item) for plan, item in batch if isinstance(item, Loaded)]
+        done = iter(self.explain(good) if good else [])
+        results = []
+        for _, item in batch:
+            job = next(done) if isinstance(item, Loaded) else item
+            results.append(job if isinstance(job, list) else job())
+        return results
