@@ -34,7 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
-ROWS = ("gradcam", "bf16", "topk", "cam_all", "scorecam", "e2e", "memory", "startup")
+ROWS = ("gradcam", "bf16", "topk", "cam_all", "scorecam", "e2e", "memory", "startup", "gpu_e2e")
 
 
 @dataclass
@@ -524,6 +524,89 @@ def row_startup(bench: Bench) -> None:
 # --- report -----------------------------------------------------------------------------------
 
 
+def _gpu_sampled(cmd: list[str]) -> tuple[float, float, float]:
+    """Wall time (s), mean GPU utilisation (%) and peak GPU memory used (MiB) of one process,
+    sampled every 100 ms by ``nvidia-smi`` while it runs."""
+    sampler = subprocess.Popen(
+        ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
+         "-lms", "100"], stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        elapsed, _ = run_process(cmd)
+    finally:
+        sampler.terminate()
+        lines = sampler.communicate()[0].splitlines()
+    samples = [tuple(float(v) for v in line.split(",")) for line in lines if "," in line]
+    if not samples:
+        return elapsed, float("nan"), float("nan")
+    return elapsed, statistics.fmean(u for u, _ in samples), max(m for _, m in samples)
+
+
+def row_gpu_e2e(bench: Bench) -> None:
+    """Issue 10: ``camcli run`` on a GPU over 2,000 photos (overlays; .npy only; fp16 against
+    fp32 at the default batch; 2,000 against 20,000 photos for peak GPU memory), against a
+    decode + forward script that uses the GPU well and pytorch-grad-cam's README loop."""
+    import torch
+
+    count = 200 if bench.quick else 2000
+    what = f"camcli run, {count:,} photos -> overlays, after start-up"
+    if not bench.device.startswith("cuda") or not torch.cuda.is_available():
+        for label, target in (
+            (what, ">= 1000 img/s"),
+            (f"camcli run, {count:,} photos -> overlays (whole process)", ""),
+            (f"camcli run, {count:,} photos -> .npy only, after start-up", ">= 1500 img/s"),
+            ("fp16 / fp32 at the default batch (--batch-size auto)", "> 1.0x"),
+            ("peak GPU memory, 2,000 -> 20,000 photos", "flat (+10%)"),
+            ("GPU utilisation during the run (nvidia-smi, mean)", ""),
+            ("decode (nvJPEG) + forward, batch 64, fp16 (whole process)", ""),
+            ("pytorch-grad-cam README loop (per image, 200 photos)", ""),
+        ):
+            bench.add("gpu_e2e", label, "not measured (no GPU lent)", target)
+        return
+    photos = make_photos(bench.workdir / f"photos{count}", count)
+    one = make_photos(bench.workdir / "photos1", 1)
+    out = bench.workdir / "out"
+    py = sys.executable
+
+    def camcli(folder: Path, *extra: str) -> list[str]:
+        shutil.rmtree(out, ignore_errors=True)
+        return [*_camcli(), "run", str(folder), "-o", str(out), "--weights", "none", "-q",
+                "--device", bench.device, *extra]  # fmt: skip
+
+    startup = statistics.median(run_process(camcli(one))[0] for _ in range(bench.repeats))
+    t_all, utilisation, peak = _gpu_sampled(camcli(photos))
+    if len(list(out.rglob("*.jpg"))) != count:
+        raise RuntimeError(f"camcli did not write {count} overlays")
+    rate = (count - 1) / max(t_all - startup, 1e-9)
+    t_npy = run_process(camcli(photos, "-f", "npy"))[0]
+    t_fp16 = run_process(camcli(photos, "--precision", "fp16"))[0]
+    large = _linked(bench.workdir / "linked20000", photos, 10 * count)
+    t_large, _, peak_large = _gpu_sampled(camcli(large))
+    t_fwd = run_process([py, str(HERE / "baseline_gpu_forward.py"), str(photos), bench.device])[0]
+    subset = _linked(bench.workdir / "linked200", photos, 200)
+    shutil.rmtree(out, ignore_errors=True)
+    pgc = [py, str(HERE / "baseline_pgc_loop.py"), str(subset), str(out), bench.device]
+    t_pgc = run_process(pgc)[0]
+    shutil.rmtree(out, ignore_errors=True)
+    fp16_rate = (count - 1) / max(t_fp16 - startup, 1e-9)
+    bench.add("gpu_e2e", what, f"{rate:.0f} img/s", ">= 1000 img/s", rate >= 1000)
+    bench.add("gpu_e2e", f"camcli run, {count:,} photos -> overlays (whole process)",
+              f"{t_all:.1f} s (start-up {startup:.1f} s)")  # fmt: skip
+    npy_rate = (count - 1) / max(t_npy - startup, 1e-9)
+    bench.add("gpu_e2e", f"camcli run, {count:,} photos -> .npy only, after start-up",
+              f"{npy_rate:.0f} img/s", ">= 1500 img/s", npy_rate >= 1500)  # fmt: skip
+    bench.add("gpu_e2e", "fp16 / fp32 at the default batch (--batch-size auto)",
+              f"{fp16_rate / rate:.2f}x", "> 1.0x", fp16_rate > rate)  # fmt: skip
+    bench.add("gpu_e2e", f"peak GPU memory, {count:,} -> {10 * count:,} photos",
+              f"{peak:.0f} -> {peak_large:.0f} MiB ({t_large:.0f} s)", "flat (+10%)",
+              peak_large <= 1.1 * peak)  # fmt: skip
+    bench.add("gpu_e2e", "GPU utilisation during the run (nvidia-smi, mean)", f"{utilisation:.0f}%")
+    bench.add("gpu_e2e", "decode (nvJPEG) + forward, batch 64, fp16 (whole process)",
+              f"{t_fwd:.1f} s ({count / t_fwd:.0f} img/s)")  # fmt: skip
+    bench.add("gpu_e2e", "pytorch-grad-cam README loop (per image, 200 photos)",
+              f"{200 / t_pgc:.0f} img/s")  # fmt: skip
+
+
 def machine(device: str) -> str:
     import torch
 
@@ -543,7 +626,8 @@ def machine(device: str) -> str:
         f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
     )
     if device.startswith("cuda"):
-        text += f"; GPU: {torch.cuda.get_device_name(0)}"
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none available"
+        text += f"; GPU: {gpu}"
     return text
 
 
