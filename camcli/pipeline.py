@@ -212,30 +212,50 @@ class Pipeline:
     def _batches(
         self, sources: Sequence[Source], pool: ThreadPoolExecutor, previous: Mapping[Key, Record]
     ) -> Iterator[list[tuple[Plan, Loaded | list[Record]]]]:
-        """Batches of (plan, loaded image or ready records), loading ``2 * batch`` ahead."""
+        """Batches of (plan, loaded image or ready records), loading ``2 * batch`` ahead.
+
+        Each read job loads ``BatchWork.files_per_read`` sources (one, or a batched nvJPEG
+        decode's worth on the tensor stages); an entry ahead is its job and its place in it.
+        """
         size = self.config.batch_size
-        ahead: deque[tuple[Plan, Future[Loaded | list[Record]] | list[Record]]] = deque()
+        per_job = self.work.files_per_read
+        Read = tuple[Future[list[Loaded | list[Record]]], int]
+        ahead: deque[tuple[Plan, Read | list[Record]]] = deque()
         feed = iter(sources)
 
         def submit_next() -> bool:
-            source = next(feed, None)
-            if source is None:
-                return False
-            plan = self.work.plan(source)
-            skipped = self.work.skipped(plan, previous) if self.config.skip_existing else None
-            if skipped is not None:
-                ahead.append((plan, skipped))
-            else:
-                ahead.append((plan, pool.submit(self.work.read, plan)))
-            return True
+            entries: list[tuple[Plan, int | list[Record]]] = []
+            reads: list[Plan] = []
+            while len(entries) < per_job:
+                source = next(feed, None)
+                if source is None:
+                    break
+                plan = self.work.plan(source)
+                skipped = self.work.skipped(plan, previous) if self.config.skip_existing else None
+                entries.append((plan, skipped if skipped is not None else len(reads)))
+                if skipped is None:
+                    reads.append(plan)
+            job = pool.submit(self.work.read_many, reads) if reads else None
+            for plan, what in entries:
+                if isinstance(what, list):
+                    ahead.append((plan, what))
+                else:
+                    assert job is not None  # there was something to read
+                    ahead.append((plan, (job, what)))
+            return bool(entries)
 
         while len(ahead) < 2 * size and submit_next():
             pass
         batch: list[tuple[Plan, Loaded | list[Record]]] = []
         while ahead:
-            plan, job = ahead.popleft()
-            submit_next()
-            batch.append((plan, job if isinstance(job, list) else job.result()))
+            plan, entry = ahead.popleft()
+            if len(ahead) < 2 * size:
+                submit_next()
+            if isinstance(entry, list):
+                batch.append((plan, entry))
+            else:
+                job, index = entry
+                batch.append((plan, job.result()[index]))
             if len(batch) >= size or not ahead:
                 yield batch
                 batch = []

@@ -120,24 +120,24 @@ def test_tensor_stages_are_chosen_per_run(tiny_explainer, monkeypatch):
 
 def test_memory_stays_bounded_with_a_slow_writer(tiny_explainer, tmp_path, monkeypatch):
     """Images held between loading and writing never exceed the queues' bounds (loading
-    ``2 x batch`` ahead, ``4 x batch`` writes pending, one batch at the model), however many
-    images there are."""
+    ``2 x batch`` ahead plus one read job's files, ``4 x batch`` writes pending, one batch at
+    the model), however many images there are."""
     monkeypatch.setenv(ENV, "1")
     folder = tmp_path / "many"
     folder.mkdir()
     rng = np.random.default_rng(0)
     for i in range(60):
         Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
-    held, peak, lock = [0], [0], threading.Lock()
-    real_load, real_write = camcli.engines.batch.load, camcli.engines.batch.write_atomic
+    held, peak, lock, jobs = [0], [0], threading.Lock(), []
+    real_load, real_write = TensorStages.load_many, camcli.engines.batch.write_atomic
 
-    def load(*args, **kwargs):
-        item = real_load(*args, **kwargs)
-        assert isinstance(item.image, torch.Tensor)  # the tensor stages did the loading
+    def load_many(self, paths):
+        items = real_load(self, paths)
+        jobs.append(len(paths))
         with lock:
-            held[0] += 1
+            held[0] += len(items)
             peak[0] = max(peak[0], held[0])
-        return item
+        return items
 
     def slow_write(path, data, temp_dir=None):
         time.sleep(0.01)
@@ -145,13 +145,15 @@ def test_memory_stays_bounded_with_a_slow_writer(tiny_explainer, tmp_path, monke
         with lock:
             held[0] -= 1
 
-    monkeypatch.setattr(camcli.engines.batch, "load", load)
+    monkeypatch.setattr(TensorStages, "load_many", load_many)
     monkeypatch.setattr(camcli.engines.batch, "write_atomic", slow_write)
     batch = 2
     config = RunConfig(out=tmp_path / "out", formats=("jpg",), batch_size=batch, workers=2)
     summary = Pipeline(tiny_explainer, [Target(rank=1)], config).run(collect_sources([str(folder)]))
     assert summary.ok == 60 and held[0] == 0
-    assert peak[0] <= 2 * batch + 4 * batch + batch + 1
+    per_job = TensorStages.files_per_read
+    assert max(jobs) == per_job and sum(jobs) == 60  # batched decodes of 8 files
+    assert peak[0] <= 2 * batch + per_job + 4 * batch + batch + 1 < 60
     assert len(list((tmp_path / "out").glob("*.jpg"))) == 60
 
 

@@ -143,6 +143,35 @@ class BatchWork:
                       self.config.max_pixels, self.stages)  # fmt: skip
         return self.error(plan.source, loaded) if isinstance(loaded, str) else loaded
 
+    @property
+    def files_per_read(self) -> int:
+        """How many sources one ``read_many`` job should get: a batched decode's worth on the
+        tensor stages, else one."""
+        return self.stages.files_per_read if self.stages is not None else 1
+
+    def read_many(self, plans: Sequence[Plan]) -> list[Loaded | list[Record]]:
+        """``read`` for several sources; on the tensor stages their JPEGs are decoded in one
+        batched call. Per plan, its loaded image or its error records."""
+        if self.stages is None or len(plans) < 2:
+            return [self.read(plan) for plan in plans]
+        readable = [plan for plan in plans if not plan.source.error]
+        try:
+            decoded = iter(self.stages.load_many([plan.source.path for plan in readable]))
+        except Exception:  # a decoder bug: each file alone, so only the bad one fails
+            return [self.read(plan) for plan in plans]
+        results: list[Loaded | list[Record]] = []
+        for plan in plans:
+            if plan.source.error:
+                results.append(self.read(plan))  # its error record
+                continue
+            result = next(decoded)
+            if isinstance(result, InputError):
+                results.append(self.error(plan.source, str(result)))
+            else:
+                image, view, box = result
+                results.append(Loaded(plan.source, image if self.keep_image else None, view, box))
+        return results
+
     def _base(self, source: Source) -> Record:
         return {
             "input": str(source.path),

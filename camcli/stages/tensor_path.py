@@ -9,6 +9,7 @@ code the GPU runs); ``CAMCLI_TENSOR_STAGES=0`` turns it off everywhere.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -33,14 +34,29 @@ class TensorStages:
         self.preprocess = preprocess
         self.max_pixels = max_pixels
 
+    #: Files per read job: one batched nvJPEG call decodes them all.
+    files_per_read = 8
+
     def load(self, path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor, Box]:
         """(image (3, H, W) uint8, view (3, S, S) uint8, box) on the device; InputError as the
         CPU loader words it."""
-        [image] = decode_images([path], self.device, self.max_pixels)
-        if isinstance(image, InputError):
-            raise image
-        view, box = tensor_view(image, self.preprocess)
-        return image, view, box
+        [result] = self.load_many([path])
+        if isinstance(result, InputError):
+            raise result
+        return result
+
+    def load_many(
+        self, paths: Sequence[str | os.PathLike[str]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor, Box] | InputError]:
+        """``load`` for several files, decoded in one batched call; per file, its InputError
+        in place of its image."""
+        results: list[tuple[torch.Tensor, torch.Tensor, Box] | InputError] = []
+        for image in decode_images(paths, self.device, self.max_pixels):
+            if isinstance(image, InputError):
+                results.append(image)
+            else:
+                results.append((image, *tensor_view(image, self.preprocess)))
+        return results
 
     def model_input(self, views: list[torch.Tensor]) -> torch.Tensor:
         return tensor_model_input(views, self.preprocess, self.device)
