@@ -269,6 +269,14 @@ def run(
     json_lines: Annotated[
         bool, typer.Option("--json", help="Print one JSON object per result on stdout.")
     ] = False,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report",
+            help="Also write OUT/report.html: every input's original and maps with labels "
+            "and scores, failures first (camcli report OUT rebuilds it later).",
+        ),
+    ] = False,
 ) -> None:
     """Write heatmaps (overlays or raw maps) for images, files or whole folders."""
     from camcli.pipeline import RunConfig
@@ -311,6 +319,7 @@ def run(
             aug_smooth=aug_smooth,
             eigen_smooth=eigen_smooth,
             chunk_size=chunk_size,
+            report=report,
         )
     except CamcliError as exc:
         _fail(exc)
@@ -451,6 +460,15 @@ def check(
             "green, the peak as a cross).",
         ),
     ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            metavar="FILE",
+            help="Write an HTML page of every case (expectations, overlay with boxes and "
+            "peak, the baseline beside it) to FILE, its pictures in FILE's <stem>_files/.",
+        ),
+    ] = None,
 ) -> None:
     """Check a model's predictions and maps against a spec's expectations (CI smoke test).
 
@@ -467,6 +485,7 @@ def check(
             junit=junit,
             json_out=json_out,
             save_failures_to=save_failures,
+            html_report=report,
         )
     except CamcliError as exc:
         console = _stderr()
@@ -503,6 +522,26 @@ def manifest_merge(
     except Exception as exc:
         _internal_error(exc)
     typer.echo(f"merged {parts} parts ({records} records) into {out / MANIFEST}")
+
+
+@app.command("report")
+def report_command(
+    out: Annotated[Path, typer.Argument(help="The output folder of a camcli run.")],
+) -> None:
+    """Write OUT/report.html from OUT/manifest.jsonl (for an earlier, resumed or sharded run).
+
+    Every input's original and maps side by side with labels and scores, failures first;
+    thumbnails in OUT/report-thumbs/. Exit 2 when OUT has no manifest or a run is using it.
+    """
+    from camcli.report.run import write_run_report
+
+    try:
+        path, shown, failed = write_run_report(out)
+    except CamcliError as exc:
+        _fail(exc)
+    except Exception as exc:
+        _internal_error(exc)
+    typer.echo(f"wrote {path} ({shown} inputs, {failed} failed)")
 
 
 def main() -> None:

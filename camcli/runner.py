@@ -6,8 +6,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from rich.markup import escape
+
 from camcli import resume_gc
-from camcli.errors import EXIT_OK, EXIT_SOME_FAILED
+from camcli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
 from camcli.explain import Explainer, parse_targets
 from camcli.methods import get_method_class
 from camcli.models import load_model
@@ -41,12 +43,19 @@ def run_images(
     aug_smooth: bool = False,
     eigen_smooth: bool = False,
     chunk_size: int = 32,
+    report: bool = False,
 ) -> int:
     """Explain every image in ``paths`` and write the outputs; returns the exit code.
 
     Raises a CamcliError (exit 2) for any setup problem before a single image is processed.
+    ``report``: then write ``OUT/report.html`` (``camcli.report.run``), failed inputs or not.
     """
     display = RunDisplay(quiet=quiet, json_lines=json_lines)
+    if report and config.shard is not None:
+        raise UsageError(
+            "--report with --shard: shards write into OUT at once; run camcli report OUT "
+            "once they have all finished"
+        )
     with display.warnings_once():
         get_method_class(method)
         colormap_lut(config.colormap)
@@ -90,4 +99,10 @@ def run_images(
             )
             summary = pipeline.run(sources)
     display.finish(summary, config.out, part_name(config.shard) if config.shard else MANIFEST)
+    if report:
+        from camcli.report.run import write_run_report
+
+        path, _, _ = write_run_report(config.out)
+        if not quiet:
+            display.console.print(f"report: {escape(str(path))}")
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
