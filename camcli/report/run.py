@@ -36,16 +36,15 @@ def _inside(out: Path, recorded: str) -> Path | None:
     """A recorded output path as a file in ``out``, or None when it is not there.
 
     Records hold the paths as the run named them (``camcli-out/a/x.jpg.gradcam.top1.jpg``,
-    relative to the run's working folder), so from elsewhere the longest tail of the path that
-    is a file in ``out`` is taken; a path that resolves outside ``out`` never is.
+    relative to the run's working folder, or absolute), so from elsewhere (or after ``OUT``
+    moved) the longest tail of the path that is a file in ``out`` is taken; a path that
+    resolves outside ``out`` never is.
     """
     root = os.path.realpath(out)
     path = Path(recorded)
     real = os.path.realpath(path)
     if os.path.commonpath([root, real]) == root and os.path.isfile(real):
         return Path(real)
-    if path.is_absolute():
-        return None
     for i in range(1, len(path.parts)):
         candidate = os.path.realpath(out.joinpath(*path.parts[i:]))
         if os.path.commonpath([root, candidate]) == root and os.path.isfile(candidate):
@@ -89,9 +88,11 @@ def _describe(records: list[Record]) -> list[str]:
     methods: dict[str, None] = {}
     for record in records:
         settings = record.get("settings") or {}
-        weights = settings.get("weights")
-        model = str(settings.get("model", "?"))
-        models[model + (f" (weights {weights})" if weights else "")] = None
+        checkpoint = (settings.get("checkpoint") or {}).get("path")
+        weights = settings.get("weights") or (
+            f"checkpoint {Path(checkpoint).name}" if checkpoint else "random, seeded"
+        )
+        models[f"{settings.get('model', '?')} ({weights})"] = None
         if record.get("method"):
             methods[f"{record['method']} at {record.get('layer') or '?'}"] = None
     return [f"model {m}" for m in models] + [f"method {m}" for m in methods]
