@@ -6,12 +6,14 @@ then the page opened in the system's headless Chromium and captured whole.
 Run: uv run --extra test python docs/make_report.py (needs Debian's `chromium`).
 """
 
+import io
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from PIL import Image
 from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,8 +40,11 @@ def main() -> None:
             page = browser.new_page(viewport={"width": 900, "height": 1000})
             page.goto((work / "camcli-out" / "report.html").as_uri())
             page.wait_for_function("Array.from(document.images).every(i => i.complete)")
-            page.screenshot(path=str(ROOT / "docs" / "report.png"), full_page=True)
+            shot = page.screenshot(full_page=True)
             browser.close()
+    # 256 colours: a quarter of the size, the same picture to the eye.
+    picture = Image.open(io.BytesIO(shot)).convert("RGB").quantize(256, Image.Quantize.MEDIANCUT)
+    picture.save(ROOT / "docs" / "report.png", optimize=True)
 
 
 if __name__ == "__main__":
