@@ -22,7 +22,7 @@ from typing import Any
 from camcli.errors import UsageError
 from camcli.images import display_path
 from camcli.outfolder import MANIFEST, OutputFolder, Record, manifest_parts, read_manifest
-from camcli.report.page import asset, data_island, esc, link_from, page, text, url
+from camcli.report.page import asset, data_island, esc, page, text, url
 from camcli.report.thumbs import THUMBS, Thumb, make_thumbs
 from camcli.writers import write_atomic
 
@@ -32,7 +32,7 @@ _PICTURE = re.compile(r"\.(jpg|png)$")
 _RANK = re.compile(r"top(\d+)$")
 
 
-def _inside(out: Path, recorded: str) -> Path | None:
+def _inside(out: Path, recorded: str) -> str | None:
     """A recorded output path as a file in ``out``, or None when it is not there.
 
     Records hold the paths as the run named them (``camcli-out/a/x.jpg.gradcam.top1.jpg``,
@@ -44,11 +44,11 @@ def _inside(out: Path, recorded: str) -> Path | None:
     path = Path(recorded)
     real = os.path.realpath(path)
     if os.path.commonpath([root, real]) == root and os.path.isfile(real):
-        return Path(real)
+        return real
     for i in range(1, len(path.parts)):
         candidate = os.path.realpath(out.joinpath(*path.parts[i:]))
         if os.path.commonpath([root, candidate]) == root and os.path.isfile(candidate):
-            return Path(candidate)
+            return candidate
     return None
 
 
@@ -72,9 +72,11 @@ def _reason(record: Record) -> str:
     return error[len(shown) + 2 :] if error.startswith(f"{shown}: ") else error
 
 
-def _image(out: Path, thumb: Thumb | str | None, full: Path | None) -> dict[str, Any]:
-    """An image cell's data: the thumbnail and the full file's URLs, or a note why not."""
-    cell: dict[str, Any] = {"href": None if full is None else link_from(out, full)}
+def _image(root: str, thumb: Thumb | str | None, full: str | None) -> dict[str, Any]:
+    """An image cell's data: the thumbnail's and the full file's URLs (relative to ``root``,
+    the real path of OUT, where the page is), or a note why there is no picture."""
+    href = None if full is None else url(PurePosixPath(*Path(os.path.relpath(full, root)).parts))
+    cell: dict[str, Any] = {"href": href}
     if isinstance(thumb, Thumb):
         cell.update(src=url(PurePosixPath(THUMBS, thumb.name)), w=thumb.width, h=thumb.height)
     else:
@@ -115,7 +117,9 @@ def build_run_page(out: Path, records: list[Record], temp_dir: Path) -> tuple[st
     for maps in rows.values():
         maps.sort(key=lambda r: (str(r.get("method")), str(r.get("layer")), _target_order(r)))
 
-    originals = {name: Path(name) for name in rows}
+    root = os.path.realpath(out)
+    originals = {name: os.path.realpath(name) for name in rows}
+    originals = {name: real for name, real in originals.items() if os.path.isfile(real)}
     pictures = {
         id(r): _inside(out, picture)
         for maps in rows.values()
@@ -123,42 +127,29 @@ def build_run_page(out: Path, records: list[Record], temp_dir: Path) -> tuple[st
         if (picture := _picture(r.get("outputs") or ())) is not None
     }
     thumbs = make_thumbs(
-        out,
-        [p for p in originals.values() if p.is_file()]
-        + [p for p in pictures.values() if p is not None],
-        temp_dir,
+        out, [*originals.values(), *(p for p in pictures.values() if p is not None)], temp_dir
     )
     several = len({(r.get("method"), r.get("layer")) for m in rows.values() for r in m}) > 1
     data = []
     for name, maps in rows.items():
-        original = originals[name]
-        exists = original.is_file()
-        row_cell = _image(
-            out,
-            thumbs.get(original) if exists else "original not found",
-            original if exists else None,
-        )
+        original = originals.get(name)
+        found = thumbs[original] if original is not None else "original not found"
+        row_cell = _image(root, found, original)
         cells = []
         for record in maps:
             full = pictures.get(id(record))
             thumb: Thumb | str | None = None
             if _picture(record.get("outputs") or ()) is not None:
-                thumb = thumbs.get(full) if full is not None else "overlay not found"
+                thumb = thumbs[full] if full is not None else "overlay not found"
             elif record.get("outputs"):
                 full = _inside(out, record["outputs"][0])
-            cell = _image(out, thumb, full)
+            cell = _image(root, thumb, full)
             what = str(record.get("target"))
             if several:
                 what = f"{record.get('method')} {record.get('layer')} {what}"
-            cell.update(
-                target=text(what),
-                label=text(
-                    record.get("label")
-                    if record.get("label") is not None
-                    else f"class {record.get('class_index')}"
-                ),
-                score=record.get("score"),
-            )
+            label = record.get("label")
+            label = label if label is not None else f"class {record.get('class_index')}"
+            cell.update(target=text(what), label=text(label), score=record.get("score"))
             if record.get("warning"):
                 cell["warning"] = text(record["warning"])
             cells.append(cell)
