@@ -157,6 +157,29 @@ def test_camcli_report_rebuilds_the_page_from_the_manifest_without_remaking_thum
     assert runner.invoke(app, ["report", "out"]).exit_code == 0  # the originals' back
 
 
+def test_camcli_report_merges_the_shards_parts_first(run_out, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    shutil.copytree(run_out["out"], out)
+    (out / "report.html").unlink()
+    lines = (out / "manifest.jsonl").read_text().splitlines(keepends=True)
+    (out / "manifest.jsonl").write_text("".join(lines[::2]))
+    (out / "manifest.shard-1-of-2.jsonl").write_text("".join(lines[1::2]))
+    monkeypatch.chdir(run_out["work"])
+    result = runner.invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert not (out / "manifest.shard-1-of-2.jsonl").exists()
+    assert len(manifest(out)) == len(lines)
+
+    def seen(folder: Path) -> list:
+        rows = rows_of((folder / "report.html").read_text(encoding="utf-8"))
+        return [
+            (r["name"], [(m["target"], m["label"], m["score"]) for m in r["maps"]]) for r in rows
+        ]
+
+    assert seen(out) == seen(run_out["out"])
+    assert f"<td>in/b/{esc(HOSTILE)}</td>" in (out / "report.html").read_text(encoding="utf-8")
+
+
 def test_camcli_report_refuses_what_is_not_a_finished_output_folder(run_out, tmp_path):
     missing = runner.invoke(app, ["report", str(tmp_path / "nope")])
     assert missing.exit_code == 2
