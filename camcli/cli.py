@@ -317,6 +317,14 @@ def run(
             show_default=False,
         ),
     ] = None,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report",
+            help="Also write OUT/report.html: every input's original and maps with labels "
+            "and scores, failures first (camcli report OUT rebuilds it later).",
+        ),
+    ] = False,
 ) -> None:
     """Write heatmaps (overlays or raw maps) for images, files or whole folders."""
     from camcli.engines.ray import RayOptions
@@ -368,6 +376,7 @@ def run(
                 if engine is Engine.ray or ray_address or ray_actors or num_gpus
                 else None
             ),
+            report=report,
         )
     except CamcliError as exc:
         _fail(exc)
@@ -508,6 +517,15 @@ def check(
             "green, the peak as a cross).",
         ),
     ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            metavar="FILE",
+            help="Write an HTML page of every case (expectations, overlay with boxes and "
+            "peak, the baseline beside it) to FILE, its pictures in FILE's <stem>_files/.",
+        ),
+    ] = None,
 ) -> None:
     """Check a model's predictions and maps against a spec's expectations (CI smoke test).
 
@@ -524,6 +542,7 @@ def check(
             junit=junit,
             json_out=json_out,
             save_failures_to=save_failures,
+            html_report=report,
         )
     except CamcliError as exc:
         console = _stderr()
@@ -560,6 +579,26 @@ def manifest_merge(
     except Exception as exc:
         _internal_error(exc)
     typer.echo(f"merged {parts} parts ({records} records) into {out / MANIFEST}")
+
+
+@app.command("report")
+def report_command(
+    out: Annotated[Path, typer.Argument(help="The output folder of a camcli run.")],
+) -> None:
+    """Write OUT/report.html from OUT/manifest.jsonl (for an earlier, resumed or sharded run).
+
+    Every input's original and maps side by side with labels and scores, failures first;
+    thumbnails in OUT/report-thumbs/. Exit 2 when OUT has no manifest or a run is using it.
+    """
+    from camcli.report.run import write_run_report
+
+    try:
+        path, shown, failed = write_run_report(out)
+    except CamcliError as exc:
+        _fail(exc)
+    except Exception as exc:
+        _internal_error(exc)
+    typer.echo(f"wrote {path} ({shown} inputs, {failed} failed)")
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich.markup import escape
+
 from camcli import resume_gc
 from camcli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
 from camcli.explain import Explainer, parse_targets
@@ -50,14 +52,21 @@ def run_images(
     chunk_size: int = 32,
     engine: str = "local",
     ray: RayOptions | None = None,
+    report: bool = False,
 ) -> int:
     """Explain every image in ``paths`` and write the outputs; returns the exit code.
 
     ``engine``: ``local`` (threads and one model here) or ``ray`` (Ray Data, ``ray`` says
-    where and how wide; ``camcli.engines.ray``). Raises a CamcliError (exit 2) for any setup
+    where and how wide; ``camcli.engines.ray``). ``report``: then write ``OUT/report.html``
+    (``camcli.report.run``), failed inputs or not. Raises a CamcliError (exit 2) for any setup
     problem before a single image is processed.
     """
     display = RunDisplay(quiet=quiet, json_lines=json_lines)
+    if report and config.shard is not None:
+        raise UsageError(
+            "--report with --shard: shards write into OUT at once; run camcli report OUT "
+            "once they have all finished"
+        )
     driver_device = _check_engine(engine, ray, device)
     with display.warnings_once():
         get_method_class(method)
@@ -121,6 +130,12 @@ def run_images(
                 )
                 summary = pipeline.run(sources)
     display.finish(summary, config.out, part_name(config.shard) if config.shard else MANIFEST)
+    if report:
+        from camcli.report.run import write_run_report
+
+        path, _, _ = write_run_report(config.out)
+        if not quiet:
+            display.console.print(f"report: {escape(str(path))}")
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
 
 

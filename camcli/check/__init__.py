@@ -54,10 +54,12 @@ def run_check(
     json_out: bool = False,
     save_failures_to: Path | None = None,
     console: Console | None = None,
+    html_report: Path | None = None,
 ) -> int:
     """Validate the spec (SpecError, exit 2, before any image is explained), run it, report.
 
-    Returns 0 when every expectation holds, 1 otherwise. The report paths are checked first
+    Returns 0 when every expectation holds, 1 otherwise. ``html_report``: the HTML page of
+    every case (``camcli.report.check``), its pictures beside it. The report paths are checked first
     (UsageError, exit 2), so that a run is never lost to a report it cannot write. Baselines
     are written (with ``update_baselines``) only after every case has been computed.
     """
@@ -65,6 +67,7 @@ def run_check(
     for option, path, folder in (
         ("--junit", junit, False),
         ("--save-failures", save_failures_to, True),
+        ("--report", html_report, False),
     ):
         reason = None if path is None else unwritable_reason(path, folder=folder)
         if reason is not None:
@@ -92,4 +95,9 @@ def run_check(
         sys.stdout.flush()
     if junit is not None:
         write_atomic(junit, junit_xml(report))
+    if html_report is not None:
+        from camcli.report.check import write_check_report
+
+        write_check_report(report, html_report)
+        console.print(f"report: {escape(str(html_report))}")
     return report.exit_code

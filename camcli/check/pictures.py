@@ -9,7 +9,7 @@ import numpy as np
 
 from camcli.check.measure import peak_and_energy
 from camcli.check.results import CaseResult
-from camcli.images import load_image
+from camcli.images import Box, load_image
 from camcli.render import overlay
 from camcli.spec import CaseSpec
 from camcli.writers import encode_image, ensure_inside, slug, write_atomic
@@ -33,6 +33,13 @@ def _draw_boxes(rgb: np.ndarray, case: CaseSpec, peak: tuple[int, int] | None) -
     return rgb
 
 
+def case_picture(image: np.ndarray, cam: np.ndarray, view_box: Box, case: CaseSpec) -> np.ndarray:
+    """``cam`` over ``image`` (RGB uint8) with the case's boxes in green and the map's peak as
+    a cross: what ``--save-failures`` and the ``--report`` page show."""
+    peak, _ = peak_and_energy(cam, view_box, image.shape[:2], ())
+    return _draw_boxes(overlay(image, cam, view_box), case, peak)
+
+
 def save_failures(results: list[CaseResult], folder: Path) -> None:
     """For each failing case, its overlay (boxes in green, the peak as a cross); with a failed
     baseline expectation, the baseline's overlay too (``...baseline.png``)."""
@@ -49,7 +56,6 @@ def save_failures(results: list[CaseResult], folder: Path) -> None:
         for name, cam in outputs:
             path = folder / name
             ensure_inside(folder, path)
-            peak, _ = peak_and_energy(cam, result.view_box, image.shape[:2], ())
-            rgb = _draw_boxes(overlay(image, cam, result.view_box), case, peak)
+            rgb = case_picture(image, cam, result.view_box, case)
             write_atomic(path, encode_image(rgb, "png"))
             result.failure_files.append(str(path))
