@@ -285,7 +285,9 @@ def _records(
     # Ray Data's console log narrates the execution plan and tunes; camcli's own display says
     # what matters (progress, each failure); the full log stays in the Ray session's folder.
     for handler in logging.getLogger("ray.data").handlers:
-        if type(handler) is logging.StreamHandler:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler, logging.FileHandler
+        ):
             handler.setLevel(logging.ERROR)
     context = DataContext.get_current()
     context.execution_options.preserve_order = True  # the manifest in input order
