@@ -269,6 +269,23 @@ def run(
     json_lines: Annotated[
         bool, typer.Option("--json", help="Print one JSON object per result on stdout.")
     ] = False,
+    head: Annotated[
+        str,
+        typer.Option(
+            help="What the classifier's output is: softmax, binary (one logit; targets "
+            "positive / negative) or multilabel (sigmoid); auto: binary for one output."
+        ),
+    ] = "auto",
+    threshold: Annotated[
+        float,
+        typer.Option(
+            help="Multi-label: a map for every label whose sigmoid reaches this.", min=0, max=1
+        ),
+    ] = 0.5,
+    score_threshold: Annotated[
+        float,
+        typer.Option(help="Detection: a map per box scoring at least this.", min=0, max=1),
+    ] = 0.5,
 ) -> None:
     """Write heatmaps (overlays or raw maps) for images, files or whole folders."""
     from camcli.pipeline import RunConfig
@@ -311,6 +328,9 @@ def run(
             aug_smooth=aug_smooth,
             eigen_smooth=eigen_smooth,
             chunk_size=chunk_size,
+            head=head,
+            threshold=threshold,
+            score_threshold=score_threshold,
         )
     except CamcliError as exc:
         _fail(exc)

@@ -17,6 +17,7 @@ from camcli.progress import RunDisplay
 from camcli.render import colormap_lut
 from camcli.shards import select_sources
 from camcli.sources import collect_sources
+from camcli.targets import apply_head, head_targets
 
 
 def run_images(
@@ -41,6 +42,9 @@ def run_images(
     aug_smooth: bool = False,
     eigen_smooth: bool = False,
     chunk_size: int = 32,
+    head: str = "auto",
+    threshold: float = 0.5,
+    score_threshold: float = 0.5,
 ) -> int:
     """Explain every image in ``paths`` and write the outputs; returns the exit code.
 
@@ -65,6 +69,7 @@ def run_images(
             fit=fit,
             progress=display.live,
         )
+        apply_head(loaded, head)
         explainer = Explainer(
             loaded,
             method=method,
@@ -74,8 +79,16 @@ def run_images(
             chunk_size=chunk_size,
             progress=display.passes,
             precision=precision,
+            score_threshold=score_threshold,
         )
-        parsed = parse_targets(targets, top_k, loaded.labels, loaded.num_classes)
+        parsed = head_targets(
+            loaded.head,
+            targets,
+            top_k,
+            lambda: parse_targets(targets, top_k, loaded.labels, loaded.num_classes),
+            loaded.num_classes,
+            threshold,
+        )
         resume_gc()
 
         with display.running(f"{explainer.method_name} {loaded.name}", total=len(sources)):
