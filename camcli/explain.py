@@ -365,7 +365,12 @@ class Explainer:
         activations, logits, output = self._run(batch)
         chosen = self.head.choose(output, logits, targets)
         logits, columns = chosen.matrix, chosen.columns
-        if not self.aug_smooth:
+        if not bool(chosen.present.any()):
+            # Nothing to explain in the whole batch (no box above the threshold): no score
+            # depends on the layer, and every map is zeros.
+            grid = next(iter(activations.values())).shape[-2:]
+            combined, saliency = torch.zeros((*columns.shape, *grid), device=batch.device), None
+        elif not self.aug_smooth:
             combined, saliency = self._maps(batch, activations, logits, columns, False)
         else:
             del activations
