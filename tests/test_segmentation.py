@@ -86,3 +86,27 @@ def test_cli_segmentation(tmp_path):
     assert [r["target"] for r in records] == ["top1"]
     assert records[0]["score"] == 1.0 and records[0]["layer"] == "backbone.16"
     assert os.path.exists(records[0]["outputs"][0])
+
+
+def test_check_accepts_segmentation_and_refuses_detection(tmp_path):
+    from typer.testing import CliRunner
+
+    from camcli.cli import app
+
+    random_image(tmp_path / "img.png", size=(80, 64))
+    spec = tmp_path / "spec.toml"
+    text = (
+        '[model]\nmodel = "{model}"\nweights = "none"\ninput_size = 64\ndevice = "cpu"\n\n'
+        '[[case]]\nname = "noise"\nimage = "img.png"\nexpect_class = "cow"\n'
+        "box = [0, 0, 80, 64]\nmin_energy = 0.99\n"
+    )
+    # This random model paints "cow" over the whole picture: the class is top-1 by area and
+    # its map lies inside the whole-image box.
+    spec.write_text(text.format(model=NAME))
+    result = CliRunner().invoke(app, ["check", str(spec)])
+    assert result.exit_code == 0, result.output
+    assert "3 of 3 expectations passed" in " ".join(result.output.split())
+    spec.write_text(text.format(model="fasterrcnn_mobilenet_v3_large_320_fpn"))
+    result = CliRunner().invoke(app, ["check", str(spec)])
+    assert result.exit_code == 2
+    assert "fasterrcnn_mobilenet_v3_large_320_fpn is a detector" in result.output
