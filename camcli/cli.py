@@ -401,9 +401,9 @@ def models(
     """List the torchvision classification models camcli can load."""
     import fnmatch
 
-    from camcli.models import classification_models
+    from camcli.models import classification_models, detection_models, segmentation_models
 
-    names = classification_models()
+    names = classification_models() + segmentation_models() + detection_models()
     if pattern:
         if any(c in pattern for c in "*?["):
             names = [n for n in names if fnmatch.fnmatch(n, pattern.lower())]

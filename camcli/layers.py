@@ -255,7 +255,7 @@ def trace_layers(
         if tensor is default_tensor and default is not None and len(name) >= len(default):
             continue
         default, default_tensor = name, tensor
-    return infos, default
+    return infos, dense_default_layer(model) or default
 
 
 # torchvision's classifiers, by class: the layer ``trace_layers`` picks for them (the tests

@@ -31,7 +31,7 @@ from camcli.render import Rect, draw_box, image_box, overlay, saliency_images
 from camcli.shards import Shard
 from camcli.signals import interrupts_ignored, interrupts_raise
 from camcli.sources import Source
-from camcli.targets import NOTHING_FOUND
+from camcli.targets import NOTHING_FOUND, DetectionHead
 from camcli.writers import encode_image, encode_npy, output_path, write_atomic
 
 Job = Future[list[Record]] | list[Record]
@@ -72,6 +72,11 @@ def run_settings(
         "aug_smooth": explainer.aug_smooth,
         "eigen_smooth": explainer.eigen_smooth,
     }
+    head = explainer.head
+    if head.name != "softmax":  # a softmax run's settings stay as they were before heads
+        settings["head"] = head.name
+        if isinstance(head, DetectionHead):
+            settings["score_threshold"] = head.score_threshold
     if checkpoint is not None:
         stat = Path(checkpoint).stat()
         settings["checkpoint"] = {

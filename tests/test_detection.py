@@ -109,3 +109,16 @@ def test_cli_detection_boxes_and_records(tmp_path):
         x0, y0, x1, y1 = record["box"]  # in the original image's pixels (160 x 128)
         assert 0 <= x0 < x1 <= 160 and 0 <= y0 < y1 <= 128
         assert os.path.exists(record["outputs"][0])
+
+
+def test_layers_and_models_commands():
+    from typer.testing import CliRunner
+
+    from camcli.cli import app
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["models", "fasterrcnn*"])
+    assert listed.exit_code == 0 and NAME in listed.stdout.split()
+    layers = runner.invoke(app, ["layers", NAME, "--input-size", "64", "--json"])
+    rows = [json.loads(line) for line in layers.stdout.splitlines()]
+    assert [r["name"] for r in rows if r["default"]] == ["backbone.body.16"]

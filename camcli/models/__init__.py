@@ -32,6 +32,7 @@ __all__ = [
     "classification_models",
     "custom_factory",
     "dense_source",
+    "detection_models",
     "fold_batchnorms",
     "head_layer",
     "is_out_of_memory",
@@ -41,6 +42,7 @@ __all__ = [
     "read_labels",
     "resolve_device",
     "resolve_model_name",
+    "segmentation_models",
     "use_channels_last",
 ]
 
