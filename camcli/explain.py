@@ -22,7 +22,18 @@ from camcli.methods.base import CamContext, CamMethod, Progress
 from camcli.models import LoadedModel, fold_batchnorms, is_out_of_memory
 from camcli.targets import Target, extract_logits, make_head
 
-__all__ = ["Explainer", "Explanation", "Target", "explain", "extract_logits", "parse_targets"]
+__all__ = [
+    "AUGMENTATIONS",
+    "PRECISIONS",
+    "Explainer",
+    "Explanation",
+    "Target",  # camcli.targets' own, kept importable from here
+    "autocast_dtype",
+    "explain",
+    "extract_logits",  # likewise
+    "parse_targets",
+    "to_model_input",
+]
 
 
 @dataclass
