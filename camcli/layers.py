@@ -283,7 +283,7 @@ _KNOWN_DEFAULTS = {
 def dense_default_layer(model: nn.Module) -> str | None:
     """torchvision's detectors and segmentation models: the backbone's last stage (the R-CNN
     family, RetinaNet and FCOS: ``backbone.body``'s last child, before the FPN; SSD:
-    ``backbone.features``; segmentation: ``backbone``'s last child), else None."""
+    ``backbone.features``' last block; segmentation: ``backbone``'s last child), else None."""
     package = type(model).__module__
     if not package.startswith(("torchvision.models.detection", "torchvision.models.segmentation")):
         return None
@@ -296,7 +296,10 @@ def dense_default_layer(model: nn.Module) -> str | None:
             continue
         names = [name for name, _ in holder.named_children()]
         if prefix == "backbone" and "features" in names:
-            return "backbone.features"  # SSD: its VGG / MobileNet trunk
+            # SSD: its VGG / MobileNet trunk's last block (SSDlite runs the blocks one by one,
+            # never the container).
+            last = [name for name, _ in backbone.features.named_children()][-1]
+            return f"backbone.features.{last}"
         if names:
             return f"{prefix}.{names[-1]}"
     return None
