@@ -13,7 +13,9 @@ import pytest
 import torch
 from reference_cam import assert_close, pgc_raw
 from torch import nn
+from typer.testing import CliRunner
 
+from camcli.cli import app
 from camcli.errors import UsageError
 from camcli.explain import Explainer, parse_targets
 from camcli.images import Preprocess
@@ -145,19 +147,25 @@ def test_cli_binary_and_multilabel(tmp_path):
     assert abs(records[0]["score"] + records[1]["score"] - 1.0) < 1e-5  # sigmoid(z), 1 - it
     assert all(os.path.exists(r["outputs"][0]) for r in records)
 
+    # In-process from here (the real app, without another interpreter's start-up).
+    runner = CliRunner()
+
+    def run(out: str, *args: str):
+        return runner.invoke(app, ["run", str(image), "--out", str(tmp_path / out), *common,
+                                   *args])  # fmt: skip
+
     # A threshold of 0: every label; of 1: none (one record that says so, no file).
     multi = ["--num-classes", "3", "--head", "multilabel", "--format", "npy"]
-    every = _camcli(str(image), "--out", str(tmp_path / "m0"), *common, *multi, "--threshold", "0")
-    assert every.returncode == 0, every.stderr
+    every = run("m0", *multi, "--threshold", "0")
+    assert every.exit_code == 0, every.output
     tags = [json.loads(line)["target"] for line in every.stdout.splitlines()]
     assert tags == ["class0", "class1", "class2"]
-    none = _camcli(str(image), "--out", str(tmp_path / "m1"), *common, *multi, "--threshold", "1")
-    assert none.returncode == 0, none.stderr
+    none = run("m1", *multi, "--threshold", "1")
+    assert none.exit_code == 0, none.output
     (record,) = [json.loads(line) for line in none.stdout.splitlines()]
     assert record["outputs"] == [] and record["warning"] == "no label reaches --threshold"
     assert list((tmp_path / "m1").glob("*.npy")) == []
 
-    wrong = _camcli(str(image), "--out", str(tmp_path / "w"), *common, "--num-classes", "3",
-                    "--head", "binary")  # fmt: skip
-    assert wrong.returncode == 2
+    wrong = run("w", "--num-classes", "3", "--head", "binary")
+    assert wrong.exit_code == 2
     assert "error: --head binary needs a model with one output; this one has 3" in wrong.stderr
