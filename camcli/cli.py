@@ -325,6 +325,23 @@ def run(
             "and scores, failures first (camcli report OUT rebuilds it later).",
         ),
     ] = False,
+    head: Annotated[
+        str,
+        typer.Option(
+            help="What the classifier's output is: softmax, binary (one logit; targets "
+            "positive / negative) or multilabel (sigmoid); auto: binary for one output."
+        ),
+    ] = "auto",
+    threshold: Annotated[
+        float,
+        typer.Option(
+            help="Multi-label: a map for every label whose sigmoid reaches this.", min=0, max=1
+        ),
+    ] = 0.5,
+    score_threshold: Annotated[
+        float,
+        typer.Option(help="Detection: a map per box scoring at least this.", min=0, max=1),
+    ] = 0.5,
 ) -> None:
     """Write heatmaps (overlays or raw maps) for images, files or whole folders."""
     from camcli.engines.ray import RayOptions
@@ -377,6 +394,9 @@ def run(
                 else None
             ),
             report=report,
+            head=head,
+            threshold=threshold,
+            score_threshold=score_threshold,
         )
     except CamcliError as exc:
         _fail(exc)
@@ -447,9 +467,9 @@ def models(
     """List the torchvision classification models camcli can load."""
     import fnmatch
 
-    from camcli.models import classification_models
+    from camcli.models import classification_models, detection_models, segmentation_models
 
-    names = classification_models()
+    names = classification_models() + segmentation_models() + detection_models()
     if pattern:
         if any(c in pattern for c in "*?["):
             names = [n for n in names if fnmatch.fnmatch(n, pattern.lower())]

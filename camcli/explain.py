@@ -15,23 +15,25 @@ import torch
 from torch import nn
 
 from camcli.errors import CamcliWarning, UsageError
-from camcli.hooks import ActivationRecorder, first_tensor
+from camcli.hooks import ActivationRecorder
 from camcli.layers import default_layer, resolve_layer
 from camcli.methods import get_method_class
 from camcli.methods.base import CamContext, CamMethod, Progress
 from camcli.models import LoadedModel, fold_batchnorms, is_out_of_memory
+from camcli.targets import Target, extract_logits, make_head
 
-
-@dataclass(frozen=True)
-class Target:
-    """What to explain: the class at a rank of the prediction, or a fixed class index."""
-
-    rank: int | None = None
-    index: int | None = None
-
-    @property
-    def tag(self) -> str:
-        return f"top{self.rank}" if self.rank is not None else f"class{self.index}"
+__all__ = [
+    "AUGMENTATIONS",
+    "PRECISIONS",
+    "Explainer",
+    "Explanation",
+    "Target",  # camcli.targets' own, kept importable from here
+    "autocast_dtype",
+    "explain",
+    "extract_logits",  # likewise
+    "parse_targets",
+    "to_model_input",
+]
 
 
 @dataclass
@@ -46,6 +48,11 @@ class Explanation:
     ``problems[i]`` says why image i's outputs cannot be trusted (NaN or inf in its logits or
     its map), else None; such an image's maps, saliency and scores are zeros, never NaN.
     ``blank[i][t]`` says why the map of image i for target t is zero everywhere, else None.
+
+    With a head other than softmax (``camcli.targets``) ``scores`` are that head's (sigmoid
+    probabilities, a class's share of the pixels, a box's score); ``present[i, t]`` is False
+    where image i has no such target (a label under the threshold, no box t) and its map is
+    zeros; ``boxes[i][t]`` is detected box t (x0, y0, x1, y1) in model-input pixels.
     """
 
     maps: np.ndarray
@@ -54,6 +61,8 @@ class Explanation:
     saliency: np.ndarray | None = None
     problems: list[str | None] | None = None
     blank: list[list[str | None]] | None = None
+    present: np.ndarray | None = None
+    boxes: list[list[tuple[float, float, float, float] | None]] | None = None
 
 
 #: ``--aug-smooth``: every combination of a horizontal flip and an input scaling, as
@@ -148,24 +157,6 @@ def parse_targets(
     return unique
 
 
-def extract_logits(output: Any) -> torch.Tensor:
-    """Logits from whatever the model returns: a tensor, a tuple, a dict or an object."""
-    if isinstance(output, torch.Tensor):
-        logits = output
-    elif hasattr(output, "logits") and isinstance(output.logits, torch.Tensor):
-        logits = output.logits
-    elif isinstance(output, dict) and isinstance(output.get("logits"), torch.Tensor):
-        logits = output["logits"]
-    else:
-        found = first_tensor(output)
-        if found is None:
-            raise UsageError(f"the model returned {type(output).__name__}, not logits")
-        logits = found
-    if logits.ndim != 2:
-        raise UsageError(f"the model's output has shape {tuple(logits.shape)}, expected (N, K)")
-    return logits
-
-
 def to_model_input(pixels: np.ndarray, loaded: LoadedModel) -> torch.Tensor:
     """(N, H, W, 3) uint8 RGB -> normalised (N, 3, H, W) float32 on the model's device."""
     batch = torch.from_numpy(np.require(pixels, requirements="W")).to(loaded.device)
@@ -218,9 +209,14 @@ class Explainer:
         chunk_size: int = 32,
         progress: Progress | None = None,
         precision: str = "fp32",
+        score_threshold: float = 0.5,
     ) -> None:
         self.loaded = loaded
         model = loaded.model
+        # What the maps explain, over the model's output (camcli.targets).
+        self.head = make_head(loaded.head, score_threshold)
+        if aug_smooth and self.head.name == "detection":
+            raise UsageError("--aug-smooth does not apply to detection (boxes move with the flip)")
         self.autocast_dtype = autocast_dtype(precision, loaded.device)
         # Inputs follow the model's layout; the explainer never changes a caller's model.
         self.channels_last = loaded.channels_last
@@ -265,7 +261,7 @@ class Explainer:
                     CamcliWarning,
                     stacklevel=2,
                 )
-        if logits.shape[1] != loaded.num_classes:
+        if logits.shape[1] != loaded.num_classes and self.head.name != "detection":
             loaded.num_classes = int(logits.shape[1])
         if loaded.owned:
             # Eager batch norm is a memory-bound pass over every feature map (in fp32 even
@@ -309,6 +305,14 @@ class Explainer:
     def _forward(
         self, batch: torch.Tensor, autocast: bool = True
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(activations, the head's score matrix) for a batch."""
+        activations, logits, _ = self._run(batch, autocast)
+        return activations, logits
+
+    def _run(
+        self, batch: torch.Tensor, autocast: bool = True
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, Any]:
+        """(activations, the head's score matrix, the model's own output) for a batch."""
         grad = self.method.needs_grad
         mode = torch.no_grad() if grad else torch.inference_mode()
         low = self.autocast_dtype if autocast else None
@@ -317,11 +321,12 @@ class Explainer:
             self.loaded.model, self.layers, grad=grad, dtype=torch.float32 if low else None
         )
         with recorder, mode, cast:
-            logits = extract_logits(self.loaded.model(batch))
+            output = self.loaded.model(batch)
+            logits = self.head(output)
         missing = [n for n in self.layers if n not in recorder.activations]
         if missing:
             raise UsageError(f"layer {missing[0]!r} never ran during the forward pass")
-        return recorder.activations, logits
+        return recorder.activations, logits, output
 
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits for the methods' extra passes, the model in eval mode while they run.
@@ -331,7 +336,7 @@ class Explainer:
         """
         batch, cast = self._prepared(batch, self.autocast_dtype)
         with ActivationRecorder(self.loaded.model, {}, grad=False), cast:
-            return extract_logits(self.loaded.model(batch)).float()
+            return self.head(self.loaded.model(batch)).float()
 
     def _maps(
         self,
@@ -368,17 +373,24 @@ class Explainer:
         return combined, saliency
 
     def explain(self, batch: torch.Tensor, targets: Sequence[Target]) -> Explanation:
-        activations, logits = self._forward(batch)
-        class_indices = self._target_indices(logits, targets)
-        if not self.aug_smooth:
-            combined, saliency = self._maps(batch, activations, logits, class_indices, False)
+        activations, logits, output = self._run(batch)
+        chosen = self.head.choose(output, logits, targets)
+        logits, columns = chosen.matrix, chosen.columns
+        if not bool(chosen.present.any()):
+            # Nothing to explain in the whole batch (no box above the threshold): no score
+            # depends on the layer, and every map is zeros.
+            grid = next(iter(activations.values())).shape[-2:]
+            combined, saliency = torch.zeros((*columns.shape, *grid), device=batch.device), None
+        elif not self.aug_smooth:
+            combined, saliency = self._maps(batch, activations, logits, columns, False)
         else:
             del activations
-            combined, saliency = self._augmented(batch, class_indices)
+            combined, saliency = self._augmented(batch, columns)
         with torch.inference_mode():
             logits = logits.detach().float()
-            maps = combined.detach().float()
-            scores = torch.softmax(logits, dim=1).gather(1, class_indices)
+            # A target the image does not have (no box t, a label under the threshold): zeros.
+            maps = torch.where(chosen.present[:, :, None, None], combined.detach().float(), 0.0)
+            scores = chosen.scores.float()
             finite_logits = torch.isfinite(logits).all(dim=1)
             finite_maps = torch.isfinite(maps.flatten(1)).all(dim=1)
             if saliency is not None:
@@ -396,11 +408,13 @@ class Explainer:
             ]
             return Explanation(
                 maps=maps.cpu().numpy(),
-                class_indices=class_indices.cpu().numpy(),
+                class_indices=chosen.classes.cpu().numpy(),
                 scores=scores.cpu().numpy(),
                 saliency=None if saliency is None else saliency.cpu().numpy(),
                 problems=problems,
                 blank=self._blank_reasons(maps, logits, trusted),
+                present=chosen.present.cpu().numpy(),
+                boxes=chosen.boxes,
             )
 
     def _blank_reasons(
@@ -446,20 +460,6 @@ class Explainer:
         assert maps_sum is not None
         count = len(AUGMENTATIONS)
         return maps_sum / count, None if saliency_sum is None else saliency_sum / count
-
-    @staticmethod
-    def _target_indices(logits: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
-        n = logits.shape[0]
-        max_rank = max((t.rank for t in targets if t.rank is not None), default=0)
-        ranked = logits.detach().topk(max_rank, dim=1).indices if max_rank else None
-        columns = []
-        for target in targets:
-            if target.rank is not None:
-                assert ranked is not None
-                columns.append(ranked[:, target.rank - 1])
-            else:
-                columns.append(torch.full((n,), int(target.index), device=logits.device))
-        return torch.stack(columns, dim=1).long()
 
 
 def explain(

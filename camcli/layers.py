@@ -255,7 +255,7 @@ def trace_layers(
         if tensor is default_tensor and default is not None and len(name) >= len(default):
             continue
         default, default_tensor = name, tensor
-    return infos, default
+    return infos, dense_default_layer(model) or default
 
 
 # torchvision's classifiers, by class: the layer ``trace_layers`` picks for them (the tests
@@ -280,11 +280,39 @@ _KNOWN_DEFAULTS = {
 }
 
 
+def dense_default_layer(model: nn.Module) -> str | None:
+    """torchvision's detectors and segmentation models: the backbone's last stage (the R-CNN
+    family, RetinaNet and FCOS: ``backbone.body``'s last child, before the FPN; SSD:
+    ``backbone.features``' last block; segmentation: ``backbone``'s last child), else None."""
+    package = type(model).__module__
+    if not package.startswith(("torchvision.models.detection", "torchvision.models.segmentation")):
+        return None
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        return None
+    for prefix, holder in (("backbone.body", getattr(backbone, "body", None)),
+                           ("backbone", backbone)):  # fmt: skip
+        if holder is None:
+            continue
+        names = [name for name, _ in holder.named_children()]
+        if prefix == "backbone" and "features" in names:
+            # SSD: its VGG / MobileNet trunk's last block (SSDlite runs the blocks one by one,
+            # never the container).
+            last = [name for name, _ in backbone.features.named_children()][-1]
+            return f"backbone.features.{last}"
+        if names:
+            return f"{prefix}.{names[-1]}"
+    return None
+
+
 def known_default_layer(model: nn.Module) -> str | None:
     """The default layer of a torchvision classifier without a forward pass, else None."""
     cls = type(model)
     if not cls.__module__.startswith("torchvision.models."):
         return None
+    dense = dense_default_layer(model)
+    if dense is not None:
+        return dense
     if cls.__name__ == "VisionTransformer":
         name = f"encoder.layers.encoder_layer_{len(model.encoder.layers) - 1}.ln_1"
     else:

@@ -28,6 +28,7 @@ from camcli.outfolder import Key, OutputFolder, Record
 from camcli.shards import Shard
 from camcli.signals import interrupts_ignored, interrupts_raise
 from camcli.sources import Source
+from camcli.targets import DetectionHead
 
 Job = Future[list[Record]] | list[Record]
 
@@ -67,6 +68,11 @@ def run_settings(
         "aug_smooth": explainer.aug_smooth,
         "eigen_smooth": explainer.eigen_smooth,
     }
+    head = explainer.head
+    if head.name != "softmax":  # a softmax run's settings stay as they were before heads
+        settings["head"] = head.name
+        if isinstance(head, DetectionHead):
+            settings["score_threshold"] = head.score_threshold
     if checkpoint is not None:
         stat = Path(checkpoint).stat()
         settings["checkpoint"] = {

@@ -10,6 +10,8 @@ import numpy as np
 from camcli.errors import UsageError
 from camcli.images import Box
 
+Rect = tuple[float, float, float, float]  # x0, y0, x1, y1
+
 
 def colormap_names() -> list[str]:
     return sorted(n[len("COLORMAP_") :].lower() for n in dir(cv2) if n.startswith("COLORMAP_"))
@@ -118,3 +120,32 @@ def saliency_images(
         level, _, _ = upsample(normalise(np.abs(rgb).max(axis=0)), box, shape)
         gray[rows, cols] = np.clip(level * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return colour, gray
+
+
+def image_box(rect: Rect, box: Box, view_shape: tuple[int, ...]) -> Rect:
+    """A rectangle in model-input pixels (``view_shape``: the view's (h, w, ...)) -> the same
+    rectangle in the original image's pixels, through ``box``, the region the model saw."""
+    sx = (box.x1 - box.x0) / view_shape[1]
+    sy = (box.y1 - box.y0) / view_shape[0]
+    x0, y0, x1, y1 = rect
+    return (box.x0 + x0 * sx, box.y0 + y0 * sy, box.x0 + x1 * sx, box.y0 + y1 * sy)
+
+
+def draw_box(image: np.ndarray, rect: Rect, text: str, colour: tuple[int, int, int] = (0, 255, 0)
+             ) -> np.ndarray:  # fmt: skip
+    """``image`` (H, W, 3 RGB uint8) with ``rect`` outlined and ``text`` on a filled strip
+    above it (inside the image when the box touches the top edge)."""
+    out = np.ascontiguousarray(image.copy())
+    height, width = out.shape[:2]
+    thickness = max(1, round(min(height, width) / 300))
+    x0, y0, x1, y1 = (round(v) for v in rect)
+    x0, x1 = sorted((min(max(x0, 0), width - 1), min(max(x1, 0), width - 1)))
+    y0, y1 = sorted((min(max(y0, 0), height - 1), min(max(y1, 0), height - 1)))
+    cv2.rectangle(out, (x0, y0), (x1, y1), colour, thickness)
+    scale = max(0.3, min(height, width) / 800)
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    top = y0 - th - base if y0 - th - base >= 0 else y0
+    cv2.rectangle(out, (x0, top), (x0 + tw, top + th + base), colour, cv2.FILLED)
+    cv2.putText(out, text, (x0, top + th), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness,
+                cv2.LINE_AA)  # fmt: skip
+    return out

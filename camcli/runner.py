@@ -21,6 +21,7 @@ from camcli.render import colormap_lut
 from camcli.shards import select_sources
 from camcli.sources import collect_sources
 from camcli.stages.batchsize import AUTO, auto_batch_size
+from camcli.targets import apply_head, head_targets
 
 if TYPE_CHECKING:
     from camcli.engines.ray import RayOptions
@@ -53,6 +54,9 @@ def run_images(
     engine: str = "local",
     ray: RayOptions | None = None,
     report: bool = False,
+    head: str = "auto",
+    threshold: float = 0.5,
+    score_threshold: float = 0.5,
 ) -> int:
     """Explain every image in ``paths`` and write the outputs; returns the exit code.
 
@@ -86,6 +90,7 @@ def run_images(
             fit=fit,
             progress=display.live,
         )
+        apply_head(loaded, head)
         explainer = Explainer(
             loaded,
             method=method,
@@ -95,8 +100,16 @@ def run_images(
             chunk_size=chunk_size,
             progress=display.passes,
             precision=precision,
+            score_threshold=score_threshold,
         )
-        parsed = parse_targets(targets, top_k, loaded.labels, loaded.num_classes)
+        parsed = head_targets(
+            loaded.head,
+            targets,
+            top_k,
+            lambda: parse_targets(targets, top_k, loaded.labels, loaded.num_classes),
+            loaded.num_classes,
+            threshold,
+        )
         if config.batch_size == AUTO:
             config.batch_size = auto_batch_size(explainer, parsed)
         resume_gc()
@@ -112,10 +125,11 @@ def run_images(
                                   input_size=input_size, fit=fit)  # fmt: skip
                 explainer_args = dict(method=method, layers=list(layers), aug_smooth=aug_smooth,
                                       eigen_smooth=eigen_smooth, chunk_size=chunk_size,
-                                      precision=precision)  # fmt: skip
+                                      precision=precision,
+                                      score_threshold=score_threshold)  # fmt: skip
                 work = BatchWork(explainer, parsed, config, settings, name_layers=bool(layers))
                 setup = ActorSetup(model_args, explainer_args, parsed, config, settings,
-                                   name_layers=bool(layers))  # fmt: skip
+                                   name_layers=bool(layers), head=loaded.head)  # fmt: skip
                 summary = run_on_ray(sources, work, setup, ray or RayOptions(),
                                      on_record=display.record, on_progress=display.advance)  # fmt: skip
             else:

@@ -11,7 +11,7 @@ from camcli.check.baselines import compare_baseline
 from camcli.check.measure import measure_case
 from camcli.check.results import CaseResult, Outcome, class_info
 from camcli.errors import InputError
-from camcli.explain import Explainer, Target, extract_logits, to_model_input
+from camcli.explain import Explainer, Target, to_model_input
 from camcli.images import load_image, model_view
 from camcli.models import LoadedModel
 from camcli.spec import CheckSpec
@@ -80,8 +80,9 @@ def _explain_batch(
 ) -> None:
     batch = to_model_input(np.stack([view for _, view, _ in ready]), loaded)
     with torch.inference_mode():
-        logits = extract_logits(loaded.model(batch))
-        probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        # The head's scores (softmax, sigmoid, a segmentation class's share of the pixels).
+        scores = explainer.head(loaded.model(batch)).float()
+        probs = explainer.head.probabilities(scores).cpu().numpy()
     groups: dict[int, list[int]] = {}
     for i, (result, _, _) in enumerate(ready):
         target: Target = result.case.target

@@ -16,6 +16,7 @@ from camcli.explain import Explainer, Target, parse_targets
 from camcli.layers import resolve_layer
 from camcli.models import LoadedModel, load_model, read_labels
 from camcli.spec import CheckSpec, SpecError, parse_spec
+from camcli.targets import apply_head
 
 
 def _resolve_classes(
@@ -65,7 +66,7 @@ def _resolve_classes(
 def _load(spec: CheckSpec, progress: bool, problems: list[str]) -> LoadedModel | None:
     m = spec.model
     try:
-        return load_model(
+        loaded = load_model(
             m.model,
             weights=m.weights,
             checkpoint=m.checkpoint,
@@ -79,6 +80,13 @@ def _load(spec: CheckSpec, progress: bool, problems: list[str]) -> LoadedModel |
     except CamcliError as exc:
         problems.append(f"{spec.path}: [model]: {exc.message}")
         return None
+    if loaded.head == "detection":
+        problems.append(
+            f"{spec.path}: [model]: {m.model} is a detector; camcli check measures one class map "
+            "per image (classifiers, binary and multi-label heads, segmentation), not boxes"
+        )
+        return None
+    return apply_head(loaded)
 
 
 def _labels_file_classes(

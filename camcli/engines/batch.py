@@ -30,9 +30,10 @@ from camcli.errors import CamcliError, InputError
 from camcli.explain import Explainer, Target, to_model_input
 from camcli.images import Box, Preprocess, load_image, model_view
 from camcli.outfolder import Key, Record
-from camcli.render import overlay, saliency_images
+from camcli.render import Rect, draw_box, image_box, overlay, saliency_images
 from camcli.sources import Source
 from camcli.stages.tensor_path import TensorStages, tensor_stages
+from camcli.targets import NOTHING_FOUND
 from camcli.writers import encode_image, encode_npy, output_path, write_atomic
 
 if TYPE_CHECKING:
@@ -207,8 +208,12 @@ class BatchWork:
 
     def write(self, item: Loaded, plan: Plan, maps: np.ndarray, classes: np.ndarray,
               scores: np.ndarray, saliency: np.ndarray | None = None,
-              blank: Sequence[str | None] | None = None) -> list[Record]:  # fmt: skip
+              blank: Sequence[str | None] | None = None, present: np.ndarray | None = None,
+              boxes: Sequence[Rect | None] | None = None) -> list[Record]:  # fmt: skip
         """Render, encode and write one image's outputs; its records.
+
+        A target the image does not have (``present``: no such box, a label under the
+        threshold) gets no files and no record; an image with none gets one record saying so.
 
         Any failure is this image's error record, and the files it had written are removed:
         a file on disk always has its record.
@@ -216,9 +221,18 @@ class BatchWork:
         records = []
         written: list[Path] = []
         loaded = self.explainer.loaded
+        tensor_view = isinstance(item.view, torch.Tensor)
+        view_hw = tuple(item.view.shape[-2:] if tensor_view else item.view.shape[:2])
         try:
             for t, target in enumerate(self.targets):
+                if present is not None and not present[t]:
+                    continue
                 cam = maps[t]
+                rect = (
+                    None
+                    if boxes is None or boxes[t] is None
+                    else image_box(boxes[t], item.box, view_hw)
+                )
                 outputs = []
                 pictures = None
                 if saliency is not None and item.image is not None:
@@ -229,14 +243,20 @@ class BatchWork:
                     elif pictures is not None:
                         gray = fmt.startswith("gray.")
                         data = encode_image(pictures[1] if gray else pictures[0], fmt[-3:])
-                    elif isinstance(item.image, torch.Tensor):
+                    elif isinstance(item.image, torch.Tensor) and rect is None:
                         assert self.stages is not None
                         data = self.stages.overlay_bytes(item.image, cam, item.box, fmt,
                                                          self.config.alpha, self.config.colormap)  # fmt: skip
                     else:
                         assert item.image is not None
-                        rgb = overlay(item.image, cam, item.box, alpha=self.config.alpha,
+                        image = item.image
+                        if isinstance(image, torch.Tensor):  # boxes are drawn on the host
+                            image = image.permute(1, 2, 0).cpu().numpy()
+                        rgb = overlay(image, cam, item.box, alpha=self.config.alpha,
                                       colormap=self.config.colormap)  # fmt: skip
+                        if rect is not None:
+                            caption = f"{loaded.label(int(classes[t])) or int(classes[t])} "
+                            rgb = draw_box(rgb, rect, f"{caption}{float(scores[t]):.2f}")
                         data = encode_image(rgb, fmt)
                     write_atomic(path, data, self.temp_dir)
                     written.append(path)
@@ -248,7 +268,15 @@ class BatchWork:
                               score=round(float(scores[t]), 6))  # fmt: skip
                 if blank is not None and blank[t]:
                     record["warning"] = blank[t]
+                if rect is not None:
+                    record["box"] = [round(v, 2) for v in rect]
                 record["settings"] = self.settings
+                records.append(record)
+            if not records:
+                record = self._base(item.source)
+                record.update(status="ok", error=None, outputs=[], target=None, class_index=None,
+                              label=None, score=None, warning=NOTHING_FOUND[self.explainer.head.name],
+                              settings=self.settings)  # fmt: skip
                 records.append(record)
         except BaseException as exc:
             for path in written:
@@ -290,8 +318,10 @@ class BatchWork:
                 jobs.append(self.error(plan.source, f"{plan.source.display}: {problems[i]}"))
                 continue
             sal = None if saliency is None else saliency[i]
+            present = None if result.present is None else result.present[i]
+            boxes = None if result.boxes is None else result.boxes[i]
             jobs.append(partial(self.write, item, plan, result.maps[i], result.class_indices[i],
-                                result.scores[i], sal, blank[i]))  # fmt: skip
+                                result.scores[i], sal, blank[i], present, boxes))  # fmt: skip
         return jobs
 
     def __call__(self, batch: Sequence[tuple[Plan, Loaded | list[Record]]]) -> list[list[Record]]:

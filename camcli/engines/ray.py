@@ -87,13 +87,15 @@ class ActorSetup:
     settings: dict[str, Any]
     name_layers: bool = False
     temp_dir: Path | None = None
+    head: str = "auto"  # the head the driver resolved (camcli.targets.apply_head)
     warnings: list[str] = field(default_factory=list)
 
 
 def _build_work(setup: ActorSetup) -> BatchWork:
     from camcli.models import load_model
+    from camcli.targets import apply_head
 
-    loaded = load_model(**setup.model, progress=False)
+    loaded = apply_head(load_model(**setup.model, progress=False), setup.head)
     explainer = Explainer(loaded, **setup.explainer)
     return BatchWork(explainer, setup.targets, setup.config, setup.settings,
                      name_layers=setup.name_layers, temp_dir=setup.temp_dir)  # fmt: skip

@@ -7,6 +7,7 @@ pieces it uses live in the modules of this package.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,10 +17,12 @@ from camcli.errors import UsageError
 from camcli.models import torchvision as tv
 from camcli.models.checkpoints import load_checkpoint_into, read_checkpoint
 from camcli.models.custom import custom_factory
+from camcli.models.detection import detection_models, load_detection
 from camcli.models.devices import resolve_device
 from camcli.models.labels import read_labels
 from camcli.models.loaded import LoadedModel, head_layer, out_features
 from camcli.models.memory import available_memory, check_memory, is_out_of_memory
+from camcli.models.segmentation import load_segmentation, segmentation_models
 from camcli.models.speed import fold_batchnorms, use_channels_last
 from camcli.models.torchvision import classification_models, resolve_model_name
 
@@ -28,6 +31,8 @@ __all__ = [
     "available_memory",
     "classification_models",
     "custom_factory",
+    "dense_source",
+    "detection_models",
     "fold_batchnorms",
     "head_layer",
     "is_out_of_memory",
@@ -37,8 +42,18 @@ __all__ = [
     "read_labels",
     "resolve_device",
     "resolve_model_name",
+    "segmentation_models",
     "use_channels_last",
 ]
+
+
+def dense_source(name: str) -> Callable[..., LoadedModel] | None:
+    """The loader of a torchvision detector or segmentation model called ``name``, else None."""
+    if name in detection_models():
+        return load_detection
+    if name in segmentation_models():
+        return load_segmentation
+    return None
 
 
 def load_model(
@@ -58,6 +73,11 @@ def load_model(
     Preprocessing comes from the weights' own transforms; with ``weights="none"`` or a
     checkpoint, from the model's default weights' transforms (sizes only, nothing downloads).
     """
+    dense = dense_source(name)  # torchvision's detectors and segmentation models
+    if dense is not None:
+        return dense(name, weights=weights, checkpoint=checkpoint, num_classes=num_classes,
+                     labels=labels, device=device, input_size=input_size, fit=fit,
+                     progress=progress)  # fmt: skip
     name = resolve_model_name(name)
     dev = resolve_device(device)
     if fit not in ("crop", "stretch"):

@@ -27,6 +27,9 @@ class LoadedModel:
     # Whether camcli built this model itself (``load_model``) and may rewrite it for speed
     # (``fold_batchnorms``); a caller's model is never rewritten.
     owned: bool = False
+    # What its output is (``camcli.targets``): softmax, binary or multilabel logits, a
+    # segmentation's (N, K, H, W) map or a detector's boxes.
+    head: str = "softmax"
 
     def label(self, index: int) -> str | None:
         if self.labels is not None and 0 <= index < len(self.labels):
