@@ -514,3 +514,54 @@ def parse_spec(path: Path, *, update_baselines: bool = False) -> tuple[CheckSpec
         reader.problem("top level", "--update-baselines: no case names a baseline")
     spec = CheckSpec(path, folder, model, cases, bad_model_keys)
     return spec, reader.problems
+
+
+def read_boxes(path: Path) -> dict[str, list[tuple[float, float, float, float]]]:
+    """The boxes of a ``camcli check`` spec's cases, keyed by each image's absolute path.
+
+    ``camcli evaluate --boxes`` reads the same ``[[case]]`` tables as ``camcli check``
+    (``image`` and ``box`` or ``boxes``, paths relative to the file's folder); every other key
+    is ignored, so a check spec can be given as it is. Cases without a box are skipped. Raises
+    SpecError listing every problem (an unreadable file, a malformed box, a box outside its
+    image).
+    """
+    path = Path(path)
+    reader = _Reader(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([f"{path}: cannot read the boxes file ({exc})"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError([f"{path}: not valid TOML ({exc})"]) from None
+    tables = data.get("case")
+    if not isinstance(tables, list) or not tables:
+        raise SpecError([f"{path}: no [[case]] tables with an image and a box"])
+    found: dict[str, list[tuple[float, float, float, float]]] = {}
+    for index, table in enumerate(tables, start=1):
+        where = f"case {index}"
+        if not isinstance(table, dict) or ("box" not in table and "boxes" not in table):
+            continue
+        image_text = reader.string(where, table, "image")
+        if image_text is None:
+            reader.problem(where, 'needs an image = "path"')
+            continue
+        image = _relative(path.parent, image_text)
+        values = [table["box"]] if "box" in table else table["boxes"]
+        if not isinstance(values, list) or not values:
+            reader.problem(
+                where, f"boxes must be a non-empty list of [x0, y0, x1, y1], got {values!r}"
+            )
+            continue
+        boxes = [b for b in (_box(reader, where, v, "box") for v in values) if b]
+        try:
+            size = load_image(image).size
+        except InputError as exc:
+            reader.problem(where, f"image {exc.message}")
+            continue
+        for box in boxes:
+            _in_bounds(reader, where, box, size, image)
+        key = str(image.resolve())
+        found.setdefault(key, []).extend(boxes)  # type: ignore[arg-type]
+    if reader.problems:
+        raise SpecError(reader.problems)
+    return found
