@@ -57,6 +57,8 @@ CASE_KEYS = (
     "baseline",
     "min_similarity",
     "min_iou",
+    "insertion_auc_min",
+    "deletion_auc_max",
 )
 DEFAULT_MIN_SIMILARITY = 0.9
 # [model] keys that only shape the explanation: with a problem in one of these, the model can
@@ -115,6 +117,8 @@ class CaseSpec:
     min_iou: float | None = None
     expect_index: int | None = None
     target: Any = None  # camcli.explain.Target, resolved with the model
+    insertion_auc_min: float | None = None  # camcli.check.faithfulness
+    deletion_auc_max: float | None = None
 
     @property
     def label(self) -> str:
@@ -439,7 +443,16 @@ def _case(
             if key in own:
                 reader.problem(where, f'{key} needs a baseline = "file.npy"')
 
-    if expect is None and "box" not in table and "boxes" not in table and "baseline" not in table:
+    case.insertion_auc_min = reader.fraction(where, table, "insertion_auc_min")
+    case.deletion_auc_max = reader.fraction(where, table, "deletion_auc_max")
+    faithfulness = case.insertion_auc_min is not None or case.deletion_auc_max is not None
+    if (
+        expect is None
+        and "box" not in table
+        and "boxes" not in table
+        and "baseline" not in table
+        and not faithfulness
+    ):
         reader.problem(where, "checks nothing: give expect_class, box or boxes, or baseline")
     # Returned even with problems, so that its classes are still checked against the model.
     return case

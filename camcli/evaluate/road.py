@@ -63,7 +63,7 @@ def impute(
 ) -> torch.Tensor:
     """(B, C, H, W) inputs with the (B, H, W) ``removed`` pixels filled by noisy linear
     imputation; kept pixels are returned unchanged."""
-    b, c, h, w = inputs.shape
+    b, _, h, w = inputs.shape
     kernel = _neighbour_kernel(inputs.device)
 
     def spread(x: torch.Tensor) -> torch.Tensor:  # sum over the in-image neighbours

@@ -183,7 +183,7 @@ def _pointing(item: Item, cam: np.ndarray) -> tuple[float | None, float | None]:
     return float(hit), energy
 
 
-def _faithfulness(
+def faithfulness(
     explainer: Explainer,
     items: Sequence[Item],
     settings: Settings,
@@ -311,7 +311,7 @@ def evaluate_methods(
         stages = len(cascade(loaded.model, settings.stages)) if "sanity" in settings.families else 0
         advance(-len(explainers) * len(items) * (1 + stages))  # the total, told first
     trained = {
-        method: _faithfulness(explainer, items, settings, results[method], passes, advance)
+        method: faithfulness(explainer, items, settings, results[method], passes, advance)
         for method, explainer in explainers.items()
     }
     if "sanity" in settings.families:
