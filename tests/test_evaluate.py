@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
 import synthetic
+from camcli.cli import app
 from camcli.evaluate.confidence import confidence_change
 from camcli.evaluate.deletion import deletion_insertion, perturbed_counts
 from camcli.evaluate.road import impute, road
@@ -244,6 +246,11 @@ def test_road_noise_is_seeded(explained):
 # --- the CLI -----------------------------------------------------------------------------------
 
 
+def invoke(*args) -> object:
+    """The Typer app in-process (torch is imported already): cheaper than a subprocess."""
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
 def camcli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "camcli", "evaluate", *map(str, args)],
@@ -313,8 +320,8 @@ def test_cli_csv_and_table_agree(tiny_checkpoint, shape_folder):
     }
     drops = {r["method"]: float(r["average_drop_mean"]) for r in rows}
     assert drops["gradcam"] < drops["sobel"]  # the floor is beaten
-    table = camcli(*common)
-    assert table.returncode == 0, table.stderr
+    table = invoke("evaluate", *common)
+    assert table.exit_code == 0, table.output
     gradcam_row = next(
         line for line in table.stdout.splitlines() if line.strip().startswith("gradcam")
     )
@@ -323,10 +330,10 @@ def test_cli_csv_and_table_agree(tiny_checkpoint, shape_folder):
 
 
 def test_cli_refuses_json_with_csv_and_an_unknown_method(tiny_checkpoint, shape_folder):
-    both = camcli(shape_folder, *tiny_args(tiny_checkpoint), "--json", "--csv")
-    assert both.returncode == 2 and "--json and --csv" in both.stderr
-    unknown = camcli(shape_folder, *tiny_args(tiny_checkpoint), "--method", "gradcan")
-    assert unknown.returncode == 2 and "did you mean gradcam" in unknown.stderr
+    both = invoke("evaluate", shape_folder, *tiny_args(tiny_checkpoint), "--json", "--csv")
+    assert both.exit_code == 2 and "--json and --csv" in both.stderr
+    unknown = invoke("evaluate", shape_folder, *tiny_args(tiny_checkpoint), "--method", "gradcan")
+    assert unknown.exit_code == 2 and "did you mean gradcam" in unknown.stderr
     assert unknown.stdout == ""
 
 
@@ -347,20 +354,15 @@ def test_check_insertion_and_deletion_expectations(tiny_checkpoint, shape_folder
         )
         return path
 
-    def check(path: Path) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "camcli", "check", str(path), "--json"],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+    def check(path: Path):
+        return invoke("check", path, "--json")
 
     passing = check(spec(insertion_auc_min=0.5, deletion_auc_max=0.9))
-    assert passing.returncode == 0, passing.stderr
+    assert passing.exit_code == 0, passing.stderr
     outcomes = {e["expectation"]: e for e in json.loads(passing.stdout)["cases"][0]["expectations"]}
     assert outcomes["insertion_auc"]["passed"] and outcomes["deletion_auc"]["passed"]
     failing = check(spec(insertion_auc_min=0.999))
-    assert failing.returncode == 1, failing.stderr
+    assert failing.exit_code == 1, failing.stderr
     (outcome,) = json.loads(failing.stdout)["cases"][0]["expectations"]
     assert outcome["expectation"] == "insertion_auc" and not outcome["passed"]
     assert outcome["measured"] == pytest.approx(outcomes["insertion_auc"]["measured"])
