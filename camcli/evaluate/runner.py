@@ -122,8 +122,8 @@ def load_items(
     items, errors = [], []
     for source in sources:
         try:
-            if source.error is not None:
-                raise InputError(source.error)
+            if source.error is not None:  # found while listing (a folder it cannot read)
+                raise InputError(f"{source.display}: {source.error}")
             image = load_image(source.path, max_pixels=max_pixels)
         except InputError as exc:
             errors.append((source.display, exc.message))
