@@ -621,6 +621,218 @@ def report_command(
     typer.echo(f"wrote {path} ({shown} inputs, {failed} failed)")
 
 
+class Metric(str, Enum):
+    deletion = "deletion"
+    confidence = "confidence"
+    road = "road"
+    pointing = "pointing"
+    sanity = "sanity"
+
+
+@app.command()
+def evaluate(
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, directories (walked recursively), glob patterns, or - to read "
+            "one path per line from stdin.",
+            show_default=False,
+        ),
+    ],
+    method: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--method",
+            help="CAM method to evaluate (camcli methods lists them); repeat for several. "
+            "Default: gradcam, with randomcam and sobel as the floor.",
+            show_default=False,
+        ),
+    ] = None,
+    metric: Annotated[
+        list[Metric] | None,
+        typer.Option(
+            "--metric",
+            help="Metric family: deletion (deletion/insertion AUC), confidence (average drop, "
+            "increase), road, pointing (needs --boxes), sanity (model randomisation); "
+            "repeatable. Default: all.",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="torchvision classifier name (camcli models).")
+    ] = "resnet50",
+    weights: Annotated[
+        str,
+        typer.Option(
+            "--weights", "-w", help="DEFAULT, a weights enum value such as IMAGENET1K_V1, or none."
+        ),
+    ] = "DEFAULT",
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your own state dict (.pt/.pth/.safetensors) for the architecture; loaded "
+            "with weights_only=True."
+        ),
+    ] = None,
+    num_classes: Annotated[
+        int | None,
+        typer.Option(help="Size of the head for --checkpoint (inferred when omitted)."),
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="Class names, one per line, in class-index order.")
+    ] = None,
+    layer: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--layer",
+            "-l",
+            help="Dotted module name (layer4, features.28); repeat to average several layers. "
+            "Default: chosen automatically (camcli layers MODEL).",
+            show_default=False,
+        ),
+    ] = None,
+    target: Annotated[
+        str,
+        typer.Option("--target", "-t", help="The class explained: top1, topN, an index or a name."),
+    ] = "top1",
+    boxes: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="Object boxes for the pointing game: a TOML file of [[case]] tables with image "
+            "and box/boxes, as in camcli check (a check spec works as it is).",
+        ),
+    ] = None,
+    steps: Annotated[
+        int, typer.Option(help="Deletion/insertion steps (fractions of the input).", min=1)
+    ] = 20,
+    sanity_stages: Annotated[
+        int,
+        typer.Option(
+            "--sanity-stages",
+            help="Stages of the cascading randomisation, after the head alone.",
+            min=1,
+        ),
+    ] = 4,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Seed of ROAD's noise, the randomised models and the bootstrap intervals."
+        ),
+    ] = 0,
+    fit: Annotated[
+        Fit,
+        typer.Option(
+            help="crop: the model's resize + centre crop; stretch: the whole image squashed "
+            "to the input size."
+        ),
+    ] = Fit.crop,
+    input_size: Annotated[
+        int | None,
+        typer.Option(help="Model input size in pixels (default: the weights' own).", min=16),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", help="Images explained per batch.", min=1)
+    ] = 16,
+    chunk_size: Annotated[
+        int,
+        typer.Option("--chunk-size", help="Perturbed inputs per forward pass.", min=1),
+    ] = 32,
+    max_pixels: Annotated[
+        int | None,
+        typer.Option(
+            "--max-pixels",
+            help="Refuse (as that file's error) an image of more than N pixels; 0: no limit.",
+            metavar="N",
+            min=0,
+            show_default=False,
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    precision: Annotated[
+        Precision,
+        typer.Option(help="Forward passes under autocast: bf16 or fp16; maps stay fp32."),
+    ] = Precision.fp32,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the results as one JSON object on stdout.")
+    ] = False,
+    csv_out: Annotated[
+        bool, typer.Option("--csv", help="Print one CSV row per method on stdout.")
+    ] = False,
+    plots: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR", help="Write the mean deletion/insertion curves as PNG into DIR."
+        ),
+    ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="Also write an HTML page: the metric table and the deletion/insertion curves.",
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar; errors only.")
+    ] = False,
+) -> None:
+    """Measure how faithful each method's maps are: deletion/insertion AUC, average drop,
+    ROAD, pointing game, model-randomisation sanity check; one row per method.
+
+    Exit 0 when every image was evaluated, 1 when some could not be read, 2 for bad options.
+    """
+    from camcli.evaluate import ModelOptions, run_evaluate
+
+    if json_out and csv_out:
+        _error("--json and --csv: choose one")
+        raise typer.Exit(code=EXIT_USAGE)
+    options = ModelOptions(
+        model=model,
+        weights=weights,
+        checkpoint=checkpoint,
+        num_classes=num_classes,
+        labels=labels,
+        fit=fit.value,
+        input_size=input_size,
+        device=device,
+        max_pixels=max_pixels,
+    )
+    try:
+        code = run_evaluate(
+            paths,
+            method or ["gradcam", "randomcam", "sobel"],
+            options,
+            families=[m.value for m in metric] if metric else [m.value for m in Metric],
+            layers=layer or [],
+            target=target,
+            steps=steps,
+            stages=sanity_stages,
+            seed=seed,
+            batch_size=batch_size,
+            chunk_size=chunk_size,
+            precision=precision.value,
+            boxes=boxes,
+            output="json" if json_out else "csv" if csv_out else "table",
+            plots=plots,
+            report=report,
+            quiet=quiet,
+        )
+    except CamcliError as exc:
+        console = _stderr()
+        from rich.markup import escape
+
+        for line in exc.message.splitlines():
+            console.print(f"[bold red]error:[/] {escape(line)}")
+        raise typer.Exit(code=exc.exit_code) from None
+    except BrokenPipeError:
+        _stdout_closed()
+    except KeyboardInterrupt as exc:
+        raise typer.Exit(code=getattr(exc, "exit_code", 130)) from None
+    except Exception as exc:
+        _internal_error(exc)
+    raise typer.Exit(code=code)
+
+
 def main() -> None:
     # Importing torch and torchvision makes about a million Python objects, and the cyclic
     # garbage collector would walk them all again and again while the rest of start-up

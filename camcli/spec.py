@@ -57,6 +57,8 @@ CASE_KEYS = (
     "baseline",
     "min_similarity",
     "min_iou",
+    "insertion_auc_min",
+    "deletion_auc_max",
 )
 DEFAULT_MIN_SIMILARITY = 0.9
 # [model] keys that only shape the explanation: with a problem in one of these, the model can
@@ -115,6 +117,8 @@ class CaseSpec:
     min_iou: float | None = None
     expect_index: int | None = None
     target: Any = None  # camcli.explain.Target, resolved with the model
+    insertion_auc_min: float | None = None  # camcli.check.faithfulness
+    deletion_auc_max: float | None = None
 
     @property
     def label(self) -> str:
@@ -439,7 +443,16 @@ def _case(
             if key in own:
                 reader.problem(where, f'{key} needs a baseline = "file.npy"')
 
-    if expect is None and "box" not in table and "boxes" not in table and "baseline" not in table:
+    case.insertion_auc_min = reader.fraction(where, table, "insertion_auc_min")
+    case.deletion_auc_max = reader.fraction(where, table, "deletion_auc_max")
+    faithfulness = case.insertion_auc_min is not None or case.deletion_auc_max is not None
+    if (
+        expect is None
+        and "box" not in table
+        and "boxes" not in table
+        and "baseline" not in table
+        and not faithfulness
+    ):
         reader.problem(where, "checks nothing: give expect_class, box or boxes, or baseline")
     # Returned even with problems, so that its classes are still checked against the model.
     return case
@@ -514,3 +527,54 @@ def parse_spec(path: Path, *, update_baselines: bool = False) -> tuple[CheckSpec
         reader.problem("top level", "--update-baselines: no case names a baseline")
     spec = CheckSpec(path, folder, model, cases, bad_model_keys)
     return spec, reader.problems
+
+
+def read_boxes(path: Path) -> dict[str, list[tuple[float, float, float, float]]]:
+    """The boxes of a ``camcli check`` spec's cases, keyed by each image's absolute path.
+
+    ``camcli evaluate --boxes`` reads the same ``[[case]]`` tables as ``camcli check``
+    (``image`` and ``box`` or ``boxes``, paths relative to the file's folder); every other key
+    is ignored, so a check spec can be given as it is. Cases without a box are skipped. Raises
+    SpecError listing every problem (an unreadable file, a malformed box, a box outside its
+    image).
+    """
+    path = Path(path)
+    reader = _Reader(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([f"{path}: cannot read the boxes file ({exc})"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError([f"{path}: not valid TOML ({exc})"]) from None
+    tables = data.get("case")
+    if not isinstance(tables, list) or not tables:
+        raise SpecError([f"{path}: no [[case]] tables with an image and a box"])
+    found: dict[str, list[tuple[float, float, float, float]]] = {}
+    for index, table in enumerate(tables, start=1):
+        where = f"case {index}"
+        if not isinstance(table, dict) or ("box" not in table and "boxes" not in table):
+            continue
+        image_text = reader.string(where, table, "image")
+        if image_text is None:
+            reader.problem(where, 'needs an image = "path"')
+            continue
+        image = _relative(path.parent, image_text)
+        values = [table["box"]] if "box" in table else table["boxes"]
+        if not isinstance(values, list) or not values:
+            reader.problem(
+                where, f"boxes must be a non-empty list of [x0, y0, x1, y1], got {values!r}"
+            )
+            continue
+        boxes = [b for b in (_box(reader, where, v, "box") for v in values) if b]
+        try:
+            size = load_image(image).size
+        except InputError as exc:
+            reader.problem(where, f"image {exc.message}")
+            continue
+        for box in boxes:
+            _in_bounds(reader, where, box, size, image)
+        key = str(image.resolve())
+        found.setdefault(key, []).extend(boxes)  # type: ignore[arg-type]
+    if reader.problems:
+        raise SpecError(reader.problems)
+    return found

@@ -54,6 +54,7 @@ def test_registry_names_match_classes_and_cover_the_issue():
         "gradcam", "gradcam++", "xgradcam", "hirescam", "gradcam-elementwise", "layercam",
         "eigengradcam", "smoothgradcam++", "cam", "scorecam", "sscam", "iscam", "ablationcam",
         "eigencam", "guided-backprop", "guided-gradcam",
+        "randomcam", "sobel",
     }  # fmt: skip
     assert set(METHODS) == wanted
     for name, info in METHODS.items():

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from camcli.check.baselines import compare_baseline
+from camcli.check.faithfulness import measure_faithfulness, outcome_names
 from camcli.check.measure import measure_case
 from camcli.check.results import CaseResult, Outcome, class_info
 from camcli.errors import InputError
@@ -32,6 +33,7 @@ def _fail_case(result: CaseResult, reason: str, update_baselines: bool) -> None:
     if case.baseline is not None and not update_baselines:
         names += ["baseline-pearson"] if case.min_similarity is not None else []
         names += ["baseline-iou"] if case.min_iou is not None else []
+    names += outcome_names(result)
     for name in names or ["run"]:
         result.outcomes.append(Outcome(name, False, None, None, reason, "-", error=True))
 
@@ -84,12 +86,14 @@ def _explain_batch(
         scores = explainer.head(loaded.model(batch)).float()
         probs = explainer.head.probabilities(scores).cpu().numpy()
     groups: dict[int, list[int]] = {}
+    explained: list[int] = []
     for i, (result, _, _) in enumerate(ready):
         target: Target = result.case.target
         ranked = np.argsort(-probs[i], kind="stable")
         index = int(target.index) if target.index is not None else int(ranked[target.rank - 1])
         result.prediction = class_info(loaded, int(ranked[0]), probs[i])
         result.explained = class_info(loaded, index, probs[i])
+        explained.append(index)
         groups.setdefault(index, []).append(i)
     for index, members in groups.items():
         rows = torch.as_tensor(members, device=batch.device)
@@ -100,3 +104,4 @@ def _explain_batch(
         measure_case(result, probs[i], shape)
         if result.case.baseline is not None and not update_baselines:
             compare_baseline(result, loaded.preprocess.crop_size)
+    measure_faithfulness([r for r, _, _ in ready], explainer, batch, explained)

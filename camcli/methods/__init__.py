@@ -132,6 +132,20 @@ METHODS: dict[str, MethodInfo] = {
             "Guided backpropagation x the upsampled Grad-CAM map (pixel-space, class-specific)",
             "Selvaraju et al. 2017, arXiv:1610.02391",
         ),
+        MethodInfo(
+            "randomcam",
+            "camcli.methods.baselines:RandomCAM",
+            False,
+            "Sanity baseline: channels weighted by seeded uniform(-1, 1) random numbers",
+            "pytorch-grad-cam's RandomCAM; a floor for faithfulness metrics",
+        ),
+        MethodInfo(
+            "sobel",
+            "camcli.methods.baselines:SobelEdges",
+            False,
+            "Sanity baseline: Sobel edge magnitude of the input image, no model at all",
+            "Sobel & Feldman 1968; Adebayo et al. 2018, arXiv:1810.03292",
+        ),
     )
 }
 

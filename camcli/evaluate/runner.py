@@ -1,0 +1,319 @@
+"""Images, a model and methods -> every metric's per-image values, curves and sanity stages.
+
+The images are loaded once (through camcli's loader and the model's own preprocessing) and
+kept as the model sees them; each method then explains them in batches with its own
+``Explainer`` and every metric family scores the same maps. No file is written here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from camcli.check.measure import in_boxes, peak_and_energy
+from camcli.errors import InputError, UsageError
+from camcli.evaluate.confidence import confidence_change
+from camcli.evaluate.deletion import deletion_insertion
+from camcli.evaluate.road import NOISE, PERCENTILES, road
+from camcli.evaluate.sanity import SANITY_THRESHOLD, STAGES, Stage, cascade, randomised, spearman
+from camcli.evaluate.scoring import Scorer, at_input_size
+from camcli.explain import Explainer, Target, to_model_input
+from camcli.images import Box, load_image, model_view
+from camcli.models import LoadedModel
+from camcli.sources import Source
+
+#: Metric families (``--metric``) and the metrics each gives, in table order.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "deletion": ("deletion_auc", "insertion_auc"),
+    "confidence": ("average_drop", "confidence_increase"),
+    "road": ("road_morf", "road_lerf", "road_combined"),
+    "pointing": ("pointing_game", "energy_pointing"),
+    "sanity": ("sanity_rho",),
+}
+
+#: Whether a higher value of the metric means a more faithful map.
+HIGHER_IS_BETTER = {
+    "deletion_auc": False,
+    "insertion_auc": True,
+    "average_drop": False,
+    "confidence_increase": True,
+    "road_morf": False,
+    "road_lerf": True,
+    "road_combined": True,
+    "pointing_game": True,
+    "energy_pointing": True,
+    "sanity_rho": False,
+}
+
+Boxes = Sequence[tuple[float, float, float, float]]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the metrics are computed with (recorded in the JSON output)."""
+
+    families: tuple[str, ...] = tuple(FAMILIES)
+    steps: int = 20
+    percentiles: tuple[float, ...] = PERCENTILES
+    noise: float = NOISE
+    stages: int = STAGES
+    seed: int = 0
+    batch_size: int = 16
+    chunk_size: int = 32
+    precision: str = "fp32"
+    layers: tuple[str, ...] = ()
+    target: Target = field(default_factory=lambda: Target(rank=1))
+
+
+@dataclass
+class Item:
+    """One image as the model sees it, and where that view lies in the original."""
+
+    source: Source
+    view: np.ndarray
+    box: Box
+    shape: tuple[int, int]
+    boxes: Boxes = ()
+
+
+@dataclass
+class MethodResult:
+    """Per-image values of each metric (None where it does not apply), the mean curves, and
+    the sanity stages' mean correlations."""
+
+    name: str
+    layers: list[str]
+    values: dict[str, list[float | None]] = field(default_factory=dict)
+    curves: dict[str, list[list[float]]] = field(default_factory=dict)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def sane(self) -> bool | None:
+        """Whether the method passed the randomisation check (None when it did not run)."""
+        rhos = [v for v in self.values.get("sanity_rho", []) if v is not None]
+        return None if not rhos else float(np.mean(rhos)) < SANITY_THRESHOLD
+
+
+@dataclass
+class Evaluation:
+    model: str
+    items: list[Item]
+    errors: list[tuple[str, str]]
+    results: list[MethodResult]
+    settings: Settings
+
+
+def load_items(
+    sources: Sequence[Source],
+    loaded: LoadedModel,
+    boxes: Mapping[str, Boxes] | None = None,
+    max_pixels: int | None = None,
+    on_error: Callable[[str], None] | None = None,
+) -> tuple[list[Item], list[tuple[str, str]]]:
+    """Each source's model view; a file that cannot be read is an error, never the end.
+
+    ``boxes`` are keyed by the absolute path of the image they belong to.
+    """
+    items, errors = [], []
+    for source in sources:
+        try:
+            if source.error is not None:  # found while listing (a folder it cannot read)
+                raise InputError(f"{source.display}: {source.error}")
+            image = load_image(source.path, max_pixels=max_pixels)
+        except InputError as exc:
+            errors.append((source.display, exc.message))
+            if on_error is not None:
+                on_error(exc.message)
+            continue
+        view, box = model_view(image, loaded.preprocess)
+        own = (boxes or {}).get(str(Path(source.path).resolve()), ())
+        items.append(Item(source, view, box, (image.height, image.width), tuple(own)))
+    return items, errors
+
+
+def _batches(items: Sequence[Item], size: int) -> list[tuple[int, list[Item]]]:
+    return [(start, list(items[start : start + size])) for start in range(0, len(items), size)]
+
+
+def _explain(
+    explainer: Explainer, items: Sequence[Item], target: Target
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(inputs, raw maps (N, h, w), classes (N,)) for a batch of items."""
+    loaded = explainer.loaded
+    inputs = to_model_input(np.stack([item.view for item in items]), loaded)
+    explanation = explainer.explain(inputs, [target])
+    maps = torch.from_numpy(explanation.maps[:, 0]).to(loaded.device)
+    classes = torch.from_numpy(explanation.class_indices[:, 0]).to(loaded.device)
+    return inputs, maps, classes
+
+
+class _CurveSums:
+    """Running sums of the curves, for their mean over images."""
+
+    def __init__(self) -> None:
+        self.fractions: list[float] = []
+        self.sums: dict[str, np.ndarray] = {}
+        self.count = 0
+
+    def add(self, fractions: torch.Tensor, curves: Mapping[str, torch.Tensor]) -> None:
+        self.fractions = fractions.tolist()
+        for name, curve in curves.items():
+            total = curve.double().sum(dim=0).cpu().numpy()
+            self.sums[name] = self.sums.get(name, 0.0) + total
+        self.count += next(iter(curves.values())).shape[0]
+
+    def means(self) -> dict[str, list[list[float]]]:
+        return {
+            name: [[f, float(s / self.count)] for f, s in zip(self.fractions, sums, strict=True)]
+            for name, sums in self.sums.items()
+        }
+
+
+def _pointing(item: Item, cam: np.ndarray) -> tuple[float | None, float | None]:
+    """(hit 1/0, energy inside the boxes) of one map; None for an image without boxes."""
+    if not item.boxes:
+        return None, None
+    peak, energy = peak_and_energy(cam, item.box, item.shape, item.boxes)
+    hit = peak is not None and in_boxes(peak, item.boxes)
+    return float(hit), energy
+
+
+def faithfulness(
+    explainer: Explainer,
+    items: Sequence[Item],
+    settings: Settings,
+    result: MethodResult,
+    passes: Callable[[int], None] | None,
+    advance: Callable[[int], None] | None,
+) -> list[np.ndarray]:
+    """Every metric but the sanity check; returns the trained model's raw maps per batch."""
+    scorer = Scorer(explainer, settings.chunk_size, passes)
+    families = settings.families
+    values = result.values
+    for family in families:
+        if family != "sanity":
+            for name in FAMILIES[family]:
+                values[name] = []
+    curves = _CurveSums()
+    all_maps = []
+    for start, batch in _batches(items, settings.batch_size):
+        inputs, maps, classes = _explain(explainer, batch, settings.target)
+        all_maps.append(maps.cpu().numpy())
+        saliency = at_input_size(maps, tuple(inputs.shape[-2:]))
+        original = scorer.probabilities(inputs, classes)
+        if "deletion" in families:
+            found = deletion_insertion(scorer, inputs, saliency, classes, original, settings.steps)
+            values["deletion_auc"] += found.auc(found.deletion).tolist()
+            values["insertion_auc"] += found.auc(found.insertion).tolist()
+            curves.add(found.fractions, {"deletion": found.deletion, "insertion": found.insertion})
+        if "confidence" in families:
+            drop, increase = confidence_change(scorer, inputs, saliency, classes, original)
+            values["average_drop"] += drop.tolist()
+            values["confidence_increase"] += increase.tolist()
+        if "road" in families:
+            scores = road(
+                scorer,
+                inputs,
+                saliency,
+                classes,
+                original,
+                settings.percentiles,
+                settings.noise,
+                seed=settings.seed + start,
+            )
+            for name, column in scores.items():
+                values[name] += column.tolist()
+        if "pointing" in families:
+            cams = maps.cpu().numpy()
+            for item, cam in zip(batch, cams, strict=True):
+                hit, energy = _pointing(item, cam)
+                values["pointing_game"].append(hit)
+                values["energy_pointing"].append(energy)
+        if advance is not None:
+            advance(len(batch))
+    result.curves = curves.means()
+    return all_maps
+
+
+def _sanity(
+    loaded: LoadedModel,
+    methods: Sequence[str],
+    items: Sequence[Item],
+    settings: Settings,
+    trained: Mapping[str, list[np.ndarray]],
+    results: Mapping[str, MethodResult],
+    advance: Callable[[int], None] | None,
+) -> None:
+    """The cascade: one randomised copy of the model per stage, every method on it."""
+    stages: list[Stage] = cascade(loaded.model, settings.stages)
+    rhos = {m: np.zeros((len(stages), len(items))) for m in methods}
+    for s, stage in enumerate(stages):
+        copy = randomised(loaded, stage, settings.seed)
+        for method in methods:
+            explainer = Explainer(
+                copy,
+                method=method,
+                layers=results[method].layers,
+                chunk_size=settings.chunk_size,
+                precision=settings.precision,
+            )
+            for b, (start, batch) in enumerate(_batches(items, settings.batch_size)):
+                maps = _explain(explainer, batch, settings.target)[1].cpu().numpy()
+                for k, (before, after) in enumerate(zip(trained[method][b], maps, strict=True)):
+                    rhos[method][s, start + k] = spearman(
+                        torch.from_numpy(before), torch.from_numpy(after)
+                    )
+            if advance is not None:
+                advance(len(items))
+        del copy
+    for method in methods:
+        result = results[method]
+        result.values["sanity_rho"] = rhos[method].max(axis=0).tolist() if stages else []
+        result.stages = [
+            {"reinitialised": stage.count, "down_to": stage.deepest, "rho": float(row.mean())}
+            for stage, row in zip(stages, rhos[method], strict=True)
+        ]
+
+
+def evaluate_methods(
+    loaded: LoadedModel,
+    methods: Sequence[str],
+    items: Sequence[Item],
+    settings: Settings,
+    *,
+    passes: Callable[[int], None] | None = None,
+    advance: Callable[[int], None] | None = None,
+) -> list[MethodResult]:
+    """Each method's metrics over ``items``, in ``methods`` order.
+
+    ``passes`` hears the forward passes run on perturbed inputs; ``advance`` first gets minus
+    the number of (method, image, phase) steps in all, then the steps done as they finish.
+    """
+    if not items:
+        raise UsageError("no image could be read; nothing to evaluate")
+    explainers = {
+        method: Explainer(
+            loaded,
+            method=method,
+            layers=settings.layers or None,
+            chunk_size=settings.chunk_size,
+            precision=settings.precision,
+        )
+        for method in dict.fromkeys(methods)
+    }
+    results = {m: MethodResult(m, e.layer_names) for m, e in explainers.items()}
+    if advance is not None:
+        stages = len(cascade(loaded.model, settings.stages)) if "sanity" in settings.families else 0
+        advance(-len(explainers) * len(items) * (1 + stages))  # the total, told first
+    trained = {
+        method: faithfulness(explainer, items, settings, results[method], passes, advance)
+        for method, explainer in explainers.items()
+    }
+    if "sanity" in settings.families:
+        _sanity(loaded, list(explainers), items, settings, trained, results, advance)
+    return list(results.values())
