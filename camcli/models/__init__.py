@@ -20,6 +20,7 @@ from camcli.models.devices import resolve_device
 from camcli.models.labels import read_labels
 from camcli.models.loaded import LoadedModel, head_layer, out_features
 from camcli.models.memory import available_memory, check_memory, is_out_of_memory
+from camcli.models.sources import find_source, load_source_model, source_models
 from camcli.models.speed import fold_batchnorms, use_channels_last
 from camcli.models.torchvision import classification_models, resolve_model_name
 
@@ -37,6 +38,7 @@ __all__ = [
     "read_labels",
     "resolve_device",
     "resolve_model_name",
+    "source_models",
     "use_channels_last",
 ]
 
@@ -53,13 +55,13 @@ def load_model(
     fit: str = "crop",
     progress: bool = True,
 ) -> LoadedModel:
-    """Build a torchvision classifier in eval mode, with preprocessing and class labels.
+    """Build a classifier in eval mode, with preprocessing and class labels: a torchvision
+    name, a user's ``file.py:factory``, or a source's ``timm:NAME`` / ``hf:ID_OR_DIR``
+    (``camcli.models.sources``).
 
     Preprocessing comes from the weights' own transforms; with ``weights="none"`` or a
     checkpoint, from the model's default weights' transforms (sizes only, nothing downloads).
     """
-    name = resolve_model_name(name)
-    dev = resolve_device(device)
     if fit not in ("crop", "stretch"):
         raise UsageError(f"unknown fit {fit!r} (use crop or stretch)")
     if num_classes is not None and num_classes < 1:
@@ -72,6 +74,21 @@ def load_model(
             f"--weights {weights} and --checkpoint conflict: the checkpoint replaces the "
             "weights; leave --weights out"
         )
+    source = find_source(name)  # timm:NAME, hf:ID_OR_DIR
+    if source is not None:
+        return load_source_model(
+            *source,
+            weights=weights,
+            checkpoint=checkpoint,
+            num_classes=num_classes,
+            labels=labels,
+            device=device,
+            input_size=input_size,
+            fit=fit,
+            progress=progress,
+        )
+    name = resolve_model_name(name)
+    dev = resolve_device(device)
     check_memory(name, num_classes, input_size, dev)
     try:
         if checkpoint is not None:
