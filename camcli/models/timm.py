@@ -72,7 +72,10 @@ def _pretrained_cfg(arch: str, tag: str | None) -> Any:
     from timm.models import get_pretrained_cfg
 
     full = f"{arch}.{tag}" if tag else arch
-    cfg = get_pretrained_cfg(full)
+    try:
+        cfg = get_pretrained_cfg(full)
+    except RuntimeError:  # "Invalid pretrained tag"
+        cfg = None
     if cfg is None:
         tags = [n.partition(".")[2] for n in _timm().list_pretrained(f"{arch}.*")]
         known = f" (available: {', '.join(tags)})" if tags else " (timm has none for it)"
