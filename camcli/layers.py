@@ -26,6 +26,8 @@ _PASS_THROUGH = (
     nn.AvgPool2d,
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d,
+    nn.AdaptiveAvgPool1d,  # token pooling (Hugging Face Swin's pooler): (N, C, 1), not a grid
+    nn.AdaptiveMaxPool1d,
     nn.Dropout,
     nn.Dropout2d,
     nn.Flatten,
@@ -199,7 +201,9 @@ def trace_layers(
 
     The default is the last module, in execution order, whose output is a grid of more than
     one cell (any layout), skipping pooling, dropout, reshaping and identity modules; among
-    modules that return the very same tensor the outermost (shortest name) wins. Two kinds of
+    modules that return the very same tensor the outermost (shortest name) wins, among those
+    that return a plain tensor (a Hugging Face backbone returns an output object whose other
+    fields, the pooled output, reach the head without its first tensor). Two kinds of
     late layers are passed over because their maps say nothing about the image:
 
     - class-score maps: as many channels as classes with no learned layer after them
@@ -209,6 +213,7 @@ def trace_layers(
       token layer that feeds an attention module (the last block's first LayerNorm).
     """
     order: list[tuple[str, nn.Module, torch.Tensor | None]] = []
+    wrapped: set[str] = set()  # modules whose output is a tuple, dict or output object
     attention_inputs: set[int] = set()
     parametric_after: list[int] = []  # per entry of order: learned modules run after it
     handles = []
@@ -216,6 +221,8 @@ def trace_layers(
     def make_hook(name: str):
         def hook(module: nn.Module, args: object, output: object) -> None:
             order.append((name, module, first_tensor(output)))
+            if not isinstance(output, torch.Tensor):
+                wrapped.add(name)
 
         return hook
 
@@ -266,7 +273,7 @@ def trace_layers(
     default = None
     default_tensor = None
     for position, (name, module, tensor) in enumerate(order):
-        if isinstance(module, _PASS_THROUGH) or tensor is None:
+        if isinstance(module, _PASS_THROUGH) or tensor is None or name in wrapped:
             continue
         layout = spatial_layout(tensor.shape, input_hw, prefix)
         if layout is None or layout.grid[0] * layout.grid[1] <= 1:

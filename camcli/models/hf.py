@@ -157,10 +157,11 @@ def processor_preprocess(processor: Any) -> Preprocess:
 
     ``size`` (shortest edge, or height x width) then ``crop_size`` when it centre-crops
     (ConvNeXt's ``crop_pct``: resize to ``size / crop_pct``, crop ``size``, below 384 px).
-    The processor computes ``(p * rescale_factor - mean) / std`` on pixels ``p`` in 0..255;
-    camcli computes ``(p / 255 - mean') / std'``, so ``mean' = mean / (255 * factor)`` and
-    ``std' = std / (255 * factor)`` (factor 1 without rescaling, mean 0 and std 1 without
-    normalising). Processors that resize to height x width squash the image; camcli keeps
+    The processor computes ``(p * f - o - mean) / std`` on pixels ``p`` in 0..255 (``f`` the
+    rescale factor, ``o`` 1 with EfficientNet's ``rescale_offset``, else 0); camcli computes
+    ``(p / 255 - mean') / std'``, so ``mean' = (mean + o) / (255 f)`` and
+    ``std' = std / (255 f)`` (f = 1 without rescaling, mean 0 and std 1 without normalising;
+    EfficientNet's ``include_top`` divides by ``std`` twice: ``std'`` uses ``std^2``). Processors that resize to height x width squash the image; camcli keeps
     the aspect ratio and centre-crops (``--fit stretch`` squashes as they do).
     """
     resize = _size_of(getattr(processor, "size", None)) or 224
@@ -170,19 +171,24 @@ def processor_preprocess(processor: Any) -> Preprocess:
         resize, crop = int(resize / crop_pct), resize
     if getattr(processor, "do_center_crop", False):
         crop = _size_of(getattr(processor, "crop_size", None)) or crop
-    factor = float(processor.rescale_factor) if getattr(processor, "do_rescale", True) else 1.0
-    scale = 255.0 * factor
+    rescale = getattr(processor, "do_rescale", True)
+    factor = float(processor.rescale_factor) if rescale else 1.0
+    offset = 1.0 if rescale and getattr(processor, "rescale_offset", False) else 0.0
+    mean, std = [0.0] * 3, [1.0] * 3
     if getattr(processor, "do_normalize", True):
-        mean = tuple(float(m) / scale for m in processor.image_mean)
-        std = tuple(float(s) / scale for s in processor.image_std)
-    else:
-        mean, std = (0.0, 0.0, 0.0), (1.0 / scale,) * 3
+        mean, std = (
+            [float(m) for m in processor.image_mean],
+            [float(s) for s in processor.image_std],
+        )
+    if getattr(processor, "include_top", False):  # EfficientNet divides by std once more
+        std = [s * float(t) for s, t in zip(std, processor.image_std, strict=True)]
+    scale = 255.0 * factor
     resample = getattr(processor, "resample", None)
     return Preprocess(
         crop_size=crop,
         resize_size=max(resize, crop),
-        mean=mean,
-        std=std,
+        mean=tuple((m + offset) / scale for m in mean),
+        std=tuple(s / scale for s in std),
         interpolation=_resample_name(resample) if resample is not None else "bilinear",
     )
 
