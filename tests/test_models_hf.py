@@ -138,10 +138,14 @@ def saved(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(autouse=True)
 def offline_hub(tmp_path, monkeypatch):
     """No test reaches the network: an empty private hub cache, offline mode."""
+    from huggingface_hub import constants
+
     cache = tmp_path / "hub"
     cache.mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return cache
 
 
@@ -325,3 +329,11 @@ def test_missing_transformers_is_a_usage_error_naming_the_extra(monkeypatch):
     result = runner.invoke(app, ["layers", "hf:org/name"])
     assert result.exit_code == 2
     assert "pip install 'camcli[hf]'" in result.output
+
+
+def test_models_lists_the_hub_cache(saved, offline_hub):
+    hub_snapshot(offline_hub, "camcli-tests/tiny-vit", saved["vit"])
+    hub_snapshot(offline_hub, "camcli-tests/tiny-deit", saved["deit"])
+    result = runner.invoke(app, ["models", "hf:*vit*"])
+    assert result.exit_code == 0
+    assert result.output.split() == ["hf:camcli-tests/tiny-vit"]
