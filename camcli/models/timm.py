@@ -16,7 +16,6 @@ import io
 import math
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -247,9 +246,10 @@ def build(
         if checkpoint is not None:
             path = Path(checkpoint)
             state = read_checkpoint(path)
-            make: Callable[[int | None], nn.Module] = lambda n: _seeded(  # noqa: E731
-                arch, **extra, **({"num_classes": n} if n is not None else {})
-            )
+
+            def make(n: int | None) -> nn.Module:
+                return _seeded(arch, **extra, **({"num_classes": n} if n is not None else {}))
+
             model = load_checkpoint_into(PREFIX + arch, state, num_classes, path, builder=make)
             labels = None
         else:
