@@ -135,7 +135,13 @@ def run(
         Path, typer.Option("--out", "-o", help="Output folder; directory trees are mirrored.")
     ] = Path("camcli-out"),
     model: Annotated[
-        str, typer.Option("--model", "-m", help="torchvision classifier name (camcli models).")
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="torchvision classifier name (camcli models), timm:NAME, hf:ID_OR_DIR, or "
+            "FILE.py:FACTORY.",
+        ),
     ] = "resnet50",
     weights: Annotated[
         str,
@@ -415,7 +421,9 @@ def run(
 
 @app.command()
 def layers(
-    model: Annotated[str, typer.Argument(help="torchvision classifier name.")],
+    model: Annotated[
+        str, typer.Argument(help="torchvision classifier name, timm:NAME or hf:ID_OR_DIR.")
+    ],
     input_size: Annotated[
         int | None, typer.Option(help="Input size for the dummy forward.", min=16)
     ] = None,
@@ -425,11 +433,12 @@ def layers(
 ) -> None:
     """List a model's layers: name, type, output shape, the grid it gives; marks the default."""
     try:
-        from camcli.layers import trace_layers
+        from camcli.layers import known_default_layer, trace_layers
         from camcli.models import load_model
 
         loaded = load_model(model, weights="none", device="cpu", input_size=input_size)
         infos, default = trace_layers(loaded.model, loaded.preprocess.crop_size, loaded.device)
+        default = known_default_layer(loaded.model) or default  # what `camcli run` picks
     except CamcliError as exc:
         _fail(exc)
     if json_out:
@@ -461,16 +470,29 @@ def layers(
 def models(
     pattern: Annotated[
         str | None,
-        typer.Argument(help="Substring or glob (resnet*, *vit*) to filter by.", show_default=False),
+        typer.Argument(
+            help="Substring or glob (resnet*, *vit*) to filter by; timm:*vit* lists timm's models.",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
-    """List the torchvision classification models camcli can load."""
+    """List the torchvision classification models camcli can load (timm:PATTERN: timm's)."""
     import fnmatch
 
-    from camcli.models import classification_models, detection_models, segmentation_models
+    from camcli.models import (
+        classification_models,
+        detection_models,
+        segmentation_models,
+        source_models,
+    )
 
-    names = classification_models() + segmentation_models() + detection_models()
-    if pattern:
+    try:
+        sourced = source_models(pattern) if pattern else None  # timm:*vit*
+    except CamcliError as exc:
+        _fail(exc)
+    torchvision_names = classification_models() + segmentation_models() + detection_models()
+    names = torchvision_names if sourced is None else sourced
+    if pattern and sourced is None:
         if any(c in pattern for c in "*?["):
             names = [n for n in names if fnmatch.fnmatch(n, pattern.lower())]
         else:

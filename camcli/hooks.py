@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from camcli.layers import Layout, first_tensor, spatial_layout
+from camcli.layers import Layout, first_tensor, spatial_layout, token_prefix
 
 __all__ = ["ActivationRecorder", "first_tensor", "substituted", "with_spatial"]
 
@@ -57,16 +57,20 @@ def with_spatial(output: Any, layout: Layout | None, spatial: torch.Tensor) -> A
 
 @contextlib.contextmanager
 def substituted(
-    module: nn.Module, spatial: torch.Tensor, input_hw: tuple[int, int]
+    module: nn.Module,
+    spatial: torch.Tensor,
+    input_hw: tuple[int, int],
+    prefix: int | None = None,
 ) -> Iterator[None]:
     """Within the block ``module``'s output is replaced by ``spatial`` (N', C, h, w) put back
-    into the output's own layout for an input of ``input_hw`` pixels (``with_spatial``)."""
+    into the output's own layout for an input of ``input_hw`` pixels (``with_spatial``);
+    ``prefix`` is the model's declared leading-token count (``camcli.layers.token_prefix``)."""
 
     def hook(module: nn.Module, args: Any, output: Any) -> Any:
         tensor = first_tensor(output)
         if tensor is None:
             raise TypeError(f"{type(module).__name__} produced no tensor to replace")
-        return with_spatial(output, spatial_layout(tensor.shape, input_hw), spatial)
+        return with_spatial(output, spatial_layout(tensor.shape, input_hw, prefix), spatial)
 
     handle = module.register_forward_hook(hook)
     try:
@@ -102,6 +106,7 @@ class ActivationRecorder:
         self.layers = dict(layers)
         self.grad = grad
         self.dtype = dtype
+        self.prefix = token_prefix(model)
         self.activations: dict[str, torch.Tensor] = {}
         self._input_hw: tuple[int, int] | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -119,7 +124,7 @@ class ActivationRecorder:
                 raise TypeError(f"layer {name!r} produced no tensor ({type(output).__name__})")
             if self.dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(self.dtype)
-            layout = spatial_layout(tensor.shape, self._input_hw)
+            layout = spatial_layout(tensor.shape, self._input_hw, self.prefix)
             # Not a grid: recorded as it is, for the caller to reject with a clear message.
             spatial = tensor if layout is None else layout.to_spatial(tensor)
             if self.grad and not tensor.requires_grad:

@@ -26,6 +26,8 @@ _PASS_THROUGH = (
     nn.AvgPool2d,
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d,
+    nn.AdaptiveAvgPool1d,  # token pooling (Hugging Face Swin's pooler): (N, C, 1), not a grid
+    nn.AdaptiveMaxPool1d,
     nn.Dropout,
     nn.Dropout2d,
     nn.Flatten,
@@ -109,15 +111,38 @@ def _is_grid(h: int, w: int, input_hw: tuple[int, int] | None) -> bool:
     return h <= big_h and w <= big_w and abs(h * big_w - w * big_h) <= max(big_h, big_w)
 
 
+def token_prefix(model: nn.Module) -> int | None:
+    """The leading non-patch tokens a token model declares (``num_prefix_tokens``: the class
+    token plus any distillation and register tokens), else None.
+
+    timm's ViT, DeiT, EVA and BEiT carry the attribute; camcli's Hugging Face source sets it
+    from the model's config. Declared, it is exact where the shape alone is ambiguous: with 4
+    register tokens, 5 + 2*2 tokens would otherwise read as a 3x3 grid.
+    """
+    count = getattr(model, "num_prefix_tokens", None)
+    return count if isinstance(count, int) and count >= 0 else None
+
+
 def spatial_layout(
-    shape: tuple[int, ...] | torch.Size, input_hw: tuple[int, int] | None = None
+    shape: tuple[int, ...] | torch.Size,
+    input_hw: tuple[int, int] | None = None,
+    prefix: int | None = None,
 ) -> Layout | None:
     """The layout of an output of this shape for an input of ``input_hw`` pixels, or None.
 
     4-D: (N, C, H, W) when its last two sizes form a grid, else (N, H, W, C) when its middle
     two do. 3-D (N, L, C): tokens when ``L - P`` is a square ``g*g`` with ``P`` (the fewest
-    leading tokens that make it square) at most 8.
+    leading tokens that make it square) at most 8. With the model's declared ``prefix``
+    (``token_prefix``) ``P`` is that count, or 0 (the patch embedding, before the class token
+    is added), whichever leaves a square.
     """
+    if len(shape) == 3 and prefix is not None:
+        length = int(shape[1])
+        for leading in dict.fromkeys((prefix, 0)):
+            side = math.isqrt(max(length - leading, 0))
+            if side >= 2 and side * side == length - leading and _is_grid(side, side, input_hw):
+                return Layout("tokens", (side, side), leading)
+        return None
     if len(shape) == 4:
         _, a, b, c = (int(s) for s in shape)
         if _is_grid(b, c, input_hw):
@@ -176,7 +201,9 @@ def trace_layers(
 
     The default is the last module, in execution order, whose output is a grid of more than
     one cell (any layout), skipping pooling, dropout, reshaping and identity modules; among
-    modules that return the very same tensor the outermost (shortest name) wins. Two kinds of
+    modules that return the very same tensor the outermost (shortest name) wins, among those
+    that return a plain tensor (a Hugging Face backbone returns an output object whose other
+    fields, the pooled output, reach the head without its first tensor). Two kinds of
     late layers are passed over because their maps say nothing about the image:
 
     - class-score maps: as many channels as classes with no learned layer after them
@@ -186,6 +213,7 @@ def trace_layers(
       token layer that feeds an attention module (the last block's first LayerNorm).
     """
     order: list[tuple[str, nn.Module, torch.Tensor | None]] = []
+    wrapped: set[str] = set()  # modules whose output is a tuple, dict or output object
     attention_inputs: set[int] = set()
     parametric_after: list[int] = []  # per entry of order: learned modules run after it
     handles = []
@@ -193,6 +221,8 @@ def trace_layers(
     def make_hook(name: str):
         def hook(module: nn.Module, args: object, output: object) -> None:
             order.append((name, module, first_tensor(output)))
+            if not isinstance(output, torch.Tensor):
+                wrapped.add(name)
 
         return hook
 
@@ -218,6 +248,7 @@ def trace_layers(
             module.training = flag
 
     input_hw = (input_size, input_size)
+    prefix = token_prefix(model)
     shapes: dict[str, tuple[int, ...] | None] = {}
     for name, _module, tensor in order:
         shapes[name] = tuple(tensor.shape) if tensor is not None else None
@@ -226,7 +257,7 @@ def trace_layers(
         if not name:
             continue
         shape = shapes.get(name)
-        layout = spatial_layout(shape, input_hw) if shape is not None else None
+        layout = spatial_layout(shape, input_hw, prefix) if shape is not None else None
         infos.append(LayerInfo(name, type(module).__name__, shape, layout))
 
     logits = first_tensor(output)
@@ -242,9 +273,9 @@ def trace_layers(
     default = None
     default_tensor = None
     for position, (name, module, tensor) in enumerate(order):
-        if isinstance(module, _PASS_THROUGH) or tensor is None:
+        if isinstance(module, _PASS_THROUGH) or tensor is None or name in wrapped:
             continue
-        layout = spatial_layout(tensor.shape, input_hw)
+        layout = spatial_layout(tensor.shape, input_hw, prefix)
         if layout is None or layout.grid[0] * layout.grid[1] <= 1:
             continue
         channels = tensor.shape[-1] if layout.kind != "nchw" else tensor.shape[1]
@@ -305,9 +336,27 @@ def dense_default_layer(model: nn.Module) -> str | None:
     return None
 
 
+def _timm_feature_layer(model: nn.Module) -> str | None:
+    """A timm model's last feature stage: the last module of its ``feature_info`` (what
+    ``features_only`` returns), when the model has one."""
+    info = getattr(model, "feature_info", None)
+    try:
+        name = info[-1]["module"] if info else None
+    except (TypeError, KeyError, IndexError):
+        return None
+    if not isinstance(name, str) or name not in dict(model.named_modules()):
+        return None
+    return name
+
+
 def known_default_layer(model: nn.Module) -> str | None:
-    """The default layer of a torchvision classifier without a forward pass, else None."""
+    """The default layer without a forward pass, else None: a torchvision classifier's, or a
+    timm convolutional or hierarchical model's last feature stage. Token models (timm's ViT
+    family declares ``num_prefix_tokens``) are traced: their last stage feeds only the class
+    token to the head."""
     cls = type(model)
+    if cls.__module__.startswith("timm.") and token_prefix(model) is None:
+        return _timm_feature_layer(model)
     if not cls.__module__.startswith("torchvision.models."):
         return None
     dense = dense_default_layer(model)

@@ -242,6 +242,8 @@ def _model_spec(reader: _Reader, table: Any, folder: Path) -> tuple[ModelSpec, f
         if ":" in spec_text and spec_text.rsplit(":", 1)[0].endswith(".py"):
             where_py, attr = spec_text.rsplit(":", 1)
             values["model"] = f"{_relative(folder, where_py)}:{attr}"
+        elif spec_text.startswith("hf:") and (folder / spec_text[3:]).is_dir():
+            values["model"] = f"hf:{_relative(folder, spec_text[3:])}"  # a folder beside it
     method = values.get("method")
     if method is not None and method.lower() not in METHODS:
         close = difflib.get_close_matches(method.lower(), list(METHODS), n=1, cutoff=0.5)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from camcli.hooks import substituted
+from camcli.layers import token_prefix
 from camcli.methods.base import CamContext, CamMethod, require_context, weighted_maps
 
 
@@ -37,7 +38,7 @@ class AblationCAM(CamMethod):
     ) -> torch.Tensor:
         assert context.module is not None
         input_hw = (int(image.shape[-2]), int(image.shape[-1]))
-        with substituted(context.module, copies, input_hw):
+        with substituted(context.module, copies, input_hw, token_prefix(context.model)):
             if not self.expand_input:
                 try:
                     logits = context.forward(image)

@@ -23,6 +23,7 @@ from camcli.models.labels import read_labels
 from camcli.models.loaded import LoadedModel, head_layer, out_features
 from camcli.models.memory import available_memory, check_memory, is_out_of_memory
 from camcli.models.segmentation import load_segmentation, segmentation_models
+from camcli.models.sources import find_source, load_source_model, source_models
 from camcli.models.speed import fold_batchnorms, use_channels_last
 from camcli.models.torchvision import classification_models, resolve_model_name
 
@@ -43,6 +44,7 @@ __all__ = [
     "resolve_device",
     "resolve_model_name",
     "segmentation_models",
+    "source_models",
     "use_channels_last",
 ]
 
@@ -68,18 +70,13 @@ def load_model(
     fit: str = "crop",
     progress: bool = True,
 ) -> LoadedModel:
-    """Build a torchvision classifier in eval mode, with preprocessing and class labels.
+    """Build a classifier in eval mode, with preprocessing and class labels: a torchvision
+    name, a user's ``file.py:factory``, or a source's ``timm:NAME`` / ``hf:ID_OR_DIR``
+    (``camcli.models.sources``).
 
     Preprocessing comes from the weights' own transforms; with ``weights="none"`` or a
     checkpoint, from the model's default weights' transforms (sizes only, nothing downloads).
     """
-    dense = dense_source(name)  # torchvision's detectors and segmentation models
-    if dense is not None:
-        return dense(name, weights=weights, checkpoint=checkpoint, num_classes=num_classes,
-                     labels=labels, device=device, input_size=input_size, fit=fit,
-                     progress=progress)  # fmt: skip
-    name = resolve_model_name(name)
-    dev = resolve_device(device)
     if fit not in ("crop", "stretch"):
         raise UsageError(f"unknown fit {fit!r} (use crop or stretch)")
     if num_classes is not None and num_classes < 1:
@@ -92,6 +89,26 @@ def load_model(
             f"--weights {weights} and --checkpoint conflict: the checkpoint replaces the "
             "weights; leave --weights out"
         )
+    source = find_source(name)  # timm:NAME, hf:ID_OR_DIR
+    if source is not None:
+        return load_source_model(
+            *source,
+            weights=weights,
+            checkpoint=checkpoint,
+            num_classes=num_classes,
+            labels=labels,
+            device=device,
+            input_size=input_size,
+            fit=fit,
+            progress=progress,
+        )
+    dense = dense_source(name)  # torchvision's detectors and segmentation models
+    if dense is not None:
+        return dense(name, weights=weights, checkpoint=checkpoint, num_classes=num_classes,
+                     labels=labels, device=device, input_size=input_size, fit=fit,
+                     progress=progress)  # fmt: skip
+    name = resolve_model_name(name)
+    dev = resolve_device(device)
     check_memory(name, num_classes, input_size, dev)
     try:
         if checkpoint is not None:

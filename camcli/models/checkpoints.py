@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +90,21 @@ def _infer_num_classes(model: nn.Module, state: Mapping[str, torch.Tensor]) -> i
 
 
 def load_checkpoint_into(
-    name: str, state: dict[str, torch.Tensor], num_classes: int | None, path: Path
+    name: str,
+    state: dict[str, torch.Tensor],
+    num_classes: int | None,
+    path: Path,
+    builder: Callable[[int | None], nn.Module] | None = None,
 ) -> nn.Module:
-    model = build(name, num_classes)
+    """The model ``name`` with ``num_classes`` (else the checkpoint's head size) holding
+    ``state``, every key and shape checked. ``builder(num_classes)`` builds the architecture
+    (a timm or Hugging Face source's); by default torchvision's or the user's factory."""
+    make = builder if builder is not None else lambda n: build(name, n)
+    model = make(num_classes)
     if num_classes is None:
         inferred = _infer_num_classes(model, state)
         if inferred is not None:
-            model = build(name, inferred)
+            model = make(inferred)
     state = {k: v for k, v in state.items() if not k.startswith(_AUX_PREFIXES)}
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
