@@ -132,6 +132,34 @@ METHODS: dict[str, MethodInfo] = {
             "Guided backpropagation x the upsampled Grad-CAM map (pixel-space, class-specific)",
             "Selvaraju et al. 2017, arXiv:1610.02391",
         ),
+        MethodInfo(
+            "fem",
+            "camcli.methods.fem:FEM",
+            False,
+            "Channels weighted by the share of positions above their mean + 2 std; class-agnostic",
+            "Fuad et al. 2020, IPTA, hal-02963298",
+        ),
+        MethodInfo(
+            "kpcacam",
+            "camcli.methods.kpca:KPCACAM",
+            False,
+            "First kernel principal component (sigmoid kernel) of the feature map; class-agnostic",
+            "Karmani et al. 2024, arXiv:2410.00267",
+        ),
+        MethodInfo(
+            "shapleycam",
+            "camcli.methods.shapley:ShapleyCAM",
+            True,
+            "Grad-CAM weights from the gradient minus half the Hessian-vector product",
+            "Cai 2025, arXiv:2501.06261",
+        ),
+        MethodInfo(
+            "finercam",
+            "camcli.methods.finer:FinerCAM",
+            True,
+            "Grad-CAM of the target logit minus 0.6 x the mean of its 3 closest classes' logits",
+            "Zhang et al. 2025, arXiv:2501.11309",
+        ),
     )
 }
 

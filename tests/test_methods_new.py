@@ -1,0 +1,229 @@
+"""The methods of pytorch-grad-cam 1.5.7 and torchcam 0.5.0 that camcli added (issue 12):
+FEM, KPCA-CAM, ShapleyCAM, Finer-CAM, RefineCAM, FullGrad, LeGrad, Deep Feature Factorization.
+
+Each is compared with its reference on random-weight models (raw maps to 1e-4 of the
+reference's peak), or the test shows the deliberate difference that docs/methods.md explains.
+The helpers and the ``setup`` conventions are those of ``test_methods_reference``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_methods_reference import (
+    ARCHS,
+    SIZE,
+    _loaded,
+    _model,
+    _sign_aligned,
+    assert_close,
+    assert_differs,
+    gradcam_raw,
+    ours,
+    torchcam_raw,
+)
+from torch import nn
+
+from camcli.explain import Explainer, Target
+
+pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
+torchcam_methods = pytest.importorskip("torchcam.methods")
+from pytorch_grad_cam.utils.model_targets import (  # noqa: E402
+    ClassifierOutputTarget,
+    FinerWeightedTarget,
+)
+
+
+def _setup(arch: str, model: nn.Module | None = None, batch: int = 2):
+    model = _model(arch) if model is None else model
+    torch.manual_seed(1)
+    x = torch.randn(batch, 3, SIZE, SIZE)
+    with torch.no_grad():
+        classes = model(x).argmax(1).tolist()
+    return arch, model, x, classes
+
+
+@pytest.fixture(scope="module", params=list(ARCHS))
+def setup(request):
+    return _setup(request.param)
+
+
+def reference_raw(setup, cam, layer: str, targets, create_graph: bool = False) -> np.ndarray:
+    """A pytorch-grad-cam method's per-layer map (``get_cam_image``, no ReLU) for any targets;
+    ``create_graph`` keeps the gradient's graph (ShapleyCAM's Hessian-vector product)."""
+    _arch, model, x, _classes = setup
+    module = dict(model.named_modules())[layer]
+    inputs = x.clone().requires_grad_(create_graph)
+    try:
+        outputs = cam.activations_and_grads(inputs)
+        loss = sum(t(o) for t, o in zip(targets, outputs, strict=True))
+        if create_graph:
+            torch.autograd.grad(loss, inputs, retain_graph=True, create_graph=True)
+        else:
+            loss.backward(retain_graph=True)
+        activations = cam.activations_and_grads.activations[0]
+        grads = cam.activations_and_grads.gradients[0]
+        if not create_graph:
+            activations, grads = activations.numpy(), grads.numpy()
+        return cam.get_cam_image(inputs, module, targets, activations, grads, False)
+    finally:
+        # Its release() detaches in place, which a view (convnext's blocks) refuses.
+        cam.activations_and_grads.gradients = []
+        cam.activations_and_grads.activations = []
+        cam.activations_and_grads.release()
+        model.zero_grad(set_to_none=True)
+
+
+# --- FEM, KPCA-CAM: gradient-free, class-agnostic ---------------------------------------
+
+
+def test_fem_matches_pytorch_grad_cam(setup):
+    """On the larger early layers: on a 2 x 2 map no position can be 2 std above the mean."""
+    layer = ARCHS[setup[0]][1]
+    ref = np.maximum(gradcam_raw(setup, pytorch_grad_cam.FEM, layer), 0)
+    mine = ours(setup, "fem", layer)
+    assert_close(mine, ref)
+
+
+def test_fem_is_the_same_map_for_every_target():
+    setup = _setup("resnet18")
+    explainer = Explainer(_loaded(setup[1], "resnet18"), method="fem", layers=["layer3"])
+    maps = explainer.explain(setup[2], [Target(rank=1), Target(rank=2), Target(index=3)]).maps
+    assert maps.shape == (2, 3, 4, 4)
+    assert maps.max() > 0
+    np.testing.assert_array_equal(maps[:, 0], maps[:, 2])
+
+
+def test_kpcacam_matches_pytorch_grad_cam_up_to_the_sign(setup):
+    """sklearn's KernelPCA on each image's centred positions (sigmoid kernel, gamma = 1/C);
+    camcli's torch eigendecomposition gives the same projection once the arbitrary sign is
+    fixed the Eigen-CAM way (positive correlation with the channel sum)."""
+    layer = ARCHS[setup[0]][1]
+    mine = ours(setup, "kpcacam", layer)
+    signed = gradcam_raw(setup, pytorch_grad_cam.KPCA_CAM, layer)
+    assert_close(mine, _sign_aligned(mine, signed)[0])
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "linear"])
+def test_kpcacam_other_kernels_match_scikit_learn(kernel):
+    setup = _setup("resnet18")
+    model = setup[1]
+    layer = "layer2"
+    mine = ours(setup, "kpcacam", layer, attributes={"kernel": kernel})
+    module = dict(model.named_modules())[layer]
+    cam = pytorch_grad_cam.KPCA_CAM(model=model, target_layers=[module], kernel=kernel)
+    signed = reference_raw(setup, cam, layer, [ClassifierOutputTarget(0)] * 2)
+    assert_close(mine, _sign_aligned(mine, signed)[0])
+
+
+def test_kpcacam_linear_kernel_is_eigencam():
+    """With the linear kernel kernel PCA is PCA: the map equals Eigen-CAM's up to the scale
+    (kernel PCA's ``sqrt(l) v`` is the projection on the first component, as Eigen-CAM's)."""
+    setup = _setup("resnet18")
+    layer = "layer3"
+    kpca = ours(setup, "kpcacam", layer, attributes={"kernel": "linear"})
+    eigen = ours(setup, "eigencam", layer)
+    assert_close(kpca, eigen)
+
+
+# --- ShapleyCAM: gradient + Hessian-vector product --------------------------------------
+
+
+class SmoothNet(nn.Module):
+    """A small CNN whose layers are followed by curved functions (SiLU, GELU in the head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.SiLU(),
+        )  # fmt: skip
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 10)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _smooth_net() -> nn.Module:
+    torch.manual_seed(0)
+    return SmoothNet().eval()
+
+
+#: Layers followed by curved functions (GELU and layer norm; SiLU), so that the Hessian term
+#: is not zero. (MobileNetV3's hard-sigmoid has no second derivative in PyTorch.)
+SHAPLEY_ARCHS = {"convnext_tiny": "features.5", "smoothnet": "features.3"}
+
+
+@pytest.mark.parametrize("arch", list(SHAPLEY_ARCHS))
+def test_shapleycam_matches_pytorch_grad_cam(arch):
+    setup = _setup(arch, _smooth_net() if arch == "smoothnet" else None)
+    _, model, _x, classes = setup
+    layer = SHAPLEY_ARCHS[arch]
+    module = dict(model.named_modules())[layer]
+    cam = pytorch_grad_cam.ShapleyCAM(model=model, target_layers=[module])
+    targets = [ClassifierOutputTarget(c) for c in classes]
+    ref = np.maximum(reference_raw(setup, cam, layer, targets, create_graph=True), 0)
+    mine = ours(setup, "shapleycam", layer)
+    assert_close(mine, ref)
+    # The Hessian term matters here: the map is not Grad-CAM's.
+    assert_differs(mine, ours(setup, "gradcam", layer))
+
+
+def test_shapleycam_is_gradcam_on_a_piecewise_linear_network():
+    """After resnet18's layer3 come only ReLUs, max/avg pooling and a linear head: the
+    Hessian is zero almost everywhere and ShapleyCAM is Grad-CAM."""
+    setup = _setup("resnet18")
+    assert_close(ours(setup, "shapleycam", "layer3"), ours(setup, "gradcam", "layer3"))
+
+
+# --- Finer-CAM ----------------------------------------------------------------------------
+
+
+def test_finercam_matches_torchcam(setup):
+    layer = ARCHS[setup[0]][0]
+    ref = torchcam_raw(setup, torchcam_methods.FinerCAM, layer)
+    assert_close(ours(setup, "finercam", layer), ref)
+
+
+def test_finercam_against_pytorch_grad_cam_differs_only_in_the_objective(setup):
+    """pytorch-grad-cam's ``FinerWeightedTarget`` weighs each reference by its softmax
+    probability, ``sum_m p_m (y_c - y_m) / sum_m p_m`` (alpha = 1, gradients through the
+    p_m too); camcli and torchcam take ``y_c - gamma mean_m y_m``. Given camcli's objective
+    as a target, pytorch-grad-cam's Grad-CAM engine gives camcli's map exactly; given its
+    own, a different one."""
+    arch, model, x, classes = setup
+    layer = ARCHS[arch][0]
+    logits = model(x).detach()
+    from camcli.methods.finer import reference_classes
+
+    picked = torch.tensor(classes)[:, None]
+    refs = reference_classes(logits, picked, 3)[:, 0].tolist()
+    module = dict(model.named_modules())[layer]
+
+    def contrastive(c, others):
+        return lambda out: out[c] - 0.6 * out[others].mean()
+
+    mine = ours(setup, "finercam", layer)
+    same = [contrastive(c, r) for c, r in zip(classes, refs, strict=True)]
+    cam = pytorch_grad_cam.GradCAM(model=model, target_layers=[module])
+    assert_close(mine, np.maximum(reference_raw(setup, cam, layer, same), 0))
+    weighted = [FinerWeightedTarget(c, r, 1.0) for c, r in zip(classes, refs, strict=True)]
+    finer = pytorch_grad_cam.FinerCAM(model=model, target_layers=[module])
+    ref = np.maximum(reference_raw(setup, finer.base_cam, layer, weighted), 0)
+    assert_differs(mine, ref)
+
+
+def test_finercam_several_targets_per_image_match_one_at_a_time():
+    setup = _setup("resnet18", batch=3)
+    _, model, x, _ = setup
+    loaded = _loaded(model, "resnet18")
+    targets = [Target(rank=1), Target(rank=2), Target(index=7)]
+    together = Explainer(loaded, method="finercam", layers=["layer4"]).explain(x, targets).maps
+    for t, target in enumerate(targets):
+        alone = Explainer(loaded, method="finercam", layers=["layer4"]).explain(x, [target])
+        np.testing.assert_allclose(together[:, t], alone.maps[:, 0], rtol=1e-5, atol=1e-7)
+    assert together.max() > 0
