@@ -236,6 +236,12 @@ class Explainer:
         size = loaded.preprocess.crop_size
         try:
             self.layers = self._resolve_layers(layers, size)
+            if len(self.layers) < method_cls.min_layers:
+                raise UsageError(
+                    f"{method_cls.name} combines the maps of {method_cls.min_layers} layers or "
+                    "more: repeat --layer (e.g. --layer layer3 --layer layer4; `camcli layers "
+                    "MODEL` lists them)"
+                )
             self.method: CamMethod = method_cls(model)
             probe = torch.randn(1, 3, size, size, device=loaded.device)
             # The checks compare exact maths (CAM's head against the logits): full precision.
@@ -357,7 +363,12 @@ class Explainer:
                 maps.append(self.method.compute(activation, logits, class_indices, context))
         with torch.inference_mode():
             size = tuple(batch.shape[-2:])
-            if len(maps) == 1 and (not at_input_size or tuple(maps[0].shape[-2:]) == size):
+            fused = self.method.fuse(maps)
+            if fused is not None:
+                combined = fused
+                if at_input_size and tuple(fused.shape[-2:]) != size:
+                    combined = nn.functional.interpolate(fused, size=size, mode="bilinear")
+            elif len(maps) == 1 and (not at_input_size or tuple(maps[0].shape[-2:]) == size):
                 combined = maps[0]
             else:
                 combined = torch.stack(

@@ -19,6 +19,7 @@ from test_methods_reference import (
     _sign_aligned,
     assert_close,
     assert_differs,
+    correlation,
     gradcam_raw,
     ours,
     torchcam_raw,
@@ -227,3 +228,93 @@ def test_finercam_several_targets_per_image_match_one_at_a_time():
         alone = Explainer(loaded, method="finercam", layers=["layer4"]).explain(x, [target])
         np.testing.assert_allclose(together[:, t], alone.maps[:, 0], rtol=1e-5, atol=1e-7)
     assert together.max() > 0
+
+
+# --- RefineCAM ----------------------------------------------------------------------------
+
+REFINE_LAYERS = {
+    "resnet18": ["layer3", "layer4"],
+    "regnet_x_400mf": ["trunk_output.block3", "trunk_output.block4"],
+}
+
+
+def ours_layers(setup, method: str, layers: list[str], **attributes) -> np.ndarray:
+    """camcli's raw (N, h, w) maps over several layers for each image's given class."""
+    arch, model, x, classes = setup
+    explainer = Explainer(_loaded(model, arch), method=method, layers=layers)
+    for key, value in attributes.items():
+        setattr(explainer.method, key, value)
+    targets = [Target(index=c) for c in sorted(set(classes))]
+    maps = explainer.explain(x, targets).maps
+    return np.stack([maps[i, targets.index(Target(index=c))] for i, c in enumerate(classes)])
+
+
+@pytest.mark.parametrize("base", ["GradCAM", "LayerCAM"])
+def test_refinecam_matches_torchcam(setup, base):
+    """torchcam's default base, GradCAMpp, has the lost-division bug (see
+    test_methods_reference); with Grad-CAM or LayerCAM as the base the refinement agrees."""
+    from camcli.methods import gradcam
+
+    arch, model = setup[:2]
+    layers = REFINE_LAYERS[arch]
+    ref = torchcam_raw(
+        setup, torchcam_methods.RefineCAM, layers, base_method=getattr(torchcam_methods, base)
+    )
+    mine = ours_layers(setup, "refinecam", layers, base=getattr(gradcam, base)(model))
+    assert mine.shape[-2:] == (4, 4)  # the largest layer's grid
+    assert_close(mine, ref)
+
+
+def test_refinecam_against_pytorch_grad_cam_differs_in_the_fusion_resolution():
+    """pytorch-grad-cam upsamples each layer's normalised map to the input size before the
+    product (and normalises the product); camcli and torchcam multiply at the largest layer's
+    grid. Redoing pytorch-grad-cam's order from camcli's own per-layer maps gives its
+    result; camcli's refined map, upsampled, is close but not equal."""
+    from camcli.methods.gradcam import GradCAM
+    from camcli.methods.refine import min_max
+
+    setup = _setup("resnet18")
+    _, model, x, classes = setup
+    layers = REFINE_LAYERS["resnet18"]
+    modules = [dict(model.named_modules())[name] for name in layers]
+    refine = pytorch_grad_cam.RefineCAM(model, modules, base_method=pytorch_grad_cam.GradCAM)
+    ref = refine(x, [ClassifierOutputTarget(c) for c in classes])
+    for cam in refine.base_cam_per_layer:
+        cam.activations_and_grads.release()
+
+    def upsampled(maps: np.ndarray) -> torch.Tensor:
+        return nn.functional.interpolate(
+            torch.from_numpy(maps)[:, None].double(), size=(SIZE, SIZE), mode="bilinear"
+        )
+
+    per_layer = [
+        upsampled(min_max(torch.from_numpy(ours(setup, "gradcam", n))[:, None])[:, 0].numpy())
+        for n in layers
+    ]
+    redone = min_max(per_layer[0] * per_layer[1])[:, 0].numpy()
+    assert_close(redone, ref)
+    mine = ours_layers(setup, "refinecam", layers, base=GradCAM(model))
+    mine_up = min_max(upsampled(mine))[:, 0].numpy()
+    assert_differs(mine_up, ref)
+    for m, r in zip(mine_up, ref, strict=True):
+        assert correlation(m, r) > 0.9
+
+
+def test_refinecam_needs_two_layers():
+    from camcli.errors import UsageError
+
+    model = _model("resnet18")
+    with pytest.raises(UsageError, match="refinecam combines the maps of 2 layers or more"):
+        Explainer(_loaded(model, "resnet18"), method="refinecam", layers=["layer4"])
+
+
+def test_refinecam_with_aug_smooth_is_at_the_input_size_and_in_unit_range():
+    setup = _setup("resnet18")
+    _, model, x, _ = setup
+    explainer = Explainer(
+        _loaded(model, "resnet18"), method="refinecam", layers=["layer3", "layer4"],
+        aug_smooth=True,
+    )  # fmt: skip
+    maps = explainer.explain(x, [Target(rank=1), Target(rank=2)]).maps
+    assert maps.shape == (2, 2, SIZE, SIZE)
+    assert 0 < maps.max() <= 1 and maps.min() >= 0

@@ -160,6 +160,13 @@ METHODS: dict[str, MethodInfo] = {
             "Grad-CAM of the target logit minus 0.6 x the mean of its 3 closest classes' logits",
             "Zhang et al. 2025, arXiv:2501.11309",
         ),
+        MethodInfo(
+            "refinecam",
+            "camcli.methods.refine:RefineCAM",
+            True,
+            "Product of several layers' normalised Grad-CAM++ maps (repeat --layer)",
+            "pytorch-grad-cam / torchcam RefineCAM (multi-layer refinement)",
+        ),
     )
 }
 

@@ -80,6 +80,8 @@ class CamMethod:
     pixel_space: ClassVar[bool] = False
     #: Whether ``--eigen-smooth`` (first principal component of ``w * A``) applies.
     supports_eigen_smooth: ClassVar[bool] = True
+    #: The fewest layers the method works with (RefineCAM multiplies several layers' maps).
+    min_layers: ClassVar[int] = 1
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -95,6 +97,11 @@ class CamMethod:
         context: CamContext | None = None,
     ) -> torch.Tensor:
         raise NotImplementedError
+
+    def fuse(self, maps: list[torch.Tensor]) -> torch.Tensor | None:
+        """The layers' (N, T, h, w) maps combined into one, or None for the engine's default
+        (each upsampled to the input size, then averaged)."""
+        return None
 
 
 def class_scores(logits: torch.Tensor, targets: torch.Tensor, column: int) -> torch.Tensor:
