@@ -318,3 +318,129 @@ def test_refinecam_with_aug_smooth_is_at_the_input_size_and_in_unit_range():
     maps = explainer.explain(x, [Target(rank=1), Target(rank=2)]).maps
     assert maps.shape == (2, 2, SIZE, SIZE)
     assert 0 < maps.max() <= 1 and maps.min() >= 0
+
+
+# --- FullGrad -----------------------------------------------------------------------------
+
+
+class Scaled(nn.Module):
+    """The model's logits times 1e3: every gradient grows 1e3-fold, so a reference's small
+    epsilon (pytorch-grad-cam's 1e-7 in each map's normalisation) becomes negligible."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.net = model
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.net(inputs) * 1e3
+
+
+def test_fullgrad_matches_pytorch_grad_cam(setup):
+    """pytorch-grad-cam normalises each map as ``(x - min) / (max - min + 1e-7)``; with
+    gradients of 1e-5 that epsilon is 1%, so both run on the logits scaled by 1e3 (camcli
+    adds no epsilon; a constant map is 0)."""
+    arch, model, x, classes = setup
+    scaled = (arch, Scaled(model).eval(), x, classes)
+    cam = pytorch_grad_cam.FullGrad(scaled[1], [])
+    targets = [ClassifierOutputTarget(c) for c in classes]
+    inputs = x.clone().requires_grad_(True)
+    try:
+        outputs = cam.activations_and_grads(inputs)
+        sum(t(o) for t, o in zip(targets, outputs, strict=True)).backward()
+        ref = cam.compute_cam_per_layer(inputs, targets, False)[:, 0]
+    finally:
+        cam.activations_and_grads.release()
+        model.zero_grad(set_to_none=True)
+    mine = ours(scaled, "fullgrad", f"net.{ARCHS[arch][0]}")
+    assert mine.shape == (2, SIZE, SIZE)
+    assert_close(mine, ref)
+
+
+def test_fullgrad_completeness_in_float64():
+    """For a ReLU network with batch norms in eval mode, ``S_c = sum x dS/dx + sum_l
+    sum_k b_lk sum_ij dS/dz_lkij + b_head[c]``: the biases recorded are all of them."""
+    from camcli.methods.fullgrad import bias_outputs
+
+    model = _model("resnet18").double()
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, SIZE, SIZE, dtype=torch.float64, requires_grad=True)
+    with bias_outputs(model, (SIZE, SIZE)) as recorded:
+        logits = model(x)
+    classes = logits.argmax(1)
+    score = logits.gather(1, classes[:, None]).sum()
+    grads = torch.autograd.grad(score, [x, *(r.output for r in recorded)])
+    total = (x * grads[0]).sum((1, 2, 3))
+    for r, g in zip(recorded, grads[1:], strict=True):
+        total = total + (r.bias[None, :, None, None] * g).sum((1, 2, 3))
+    total = total + model.fc.bias[classes]
+    assert len(recorded) == 20  # every conv's batch norm (no conv has a bias of its own)
+    torch.testing.assert_close(
+        total, logits.gather(1, classes[:, None])[:, 0], rtol=1e-9, atol=1e-9
+    )
+
+
+def test_fullgrad_on_a_folded_model_equals_the_unfolded_one():
+    """camcli folds batch norms into the convolutions of a model it owns: the folded conv's
+    bias is the batch norm's eval-mode bias (torchvision's convolutions have none of their
+    own), on the same output, so the map is the same."""
+    setup = _setup("resnet18")
+    _, model, x, _ = setup
+    targets = [Target(rank=1), Target(rank=3)]
+    plain = Explainer(_loaded(model, "resnet18"), method="fullgrad").explain(x, targets).maps
+    owned = _loaded(_model("resnet18"), "resnet18")
+    owned.owned = True
+    explainer = Explainer(owned, method="fullgrad")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in owned.model.modules())
+    folded = explainer.explain(x, targets).maps
+    assert plain.shape == (2, 2, SIZE, SIZE)
+    np.testing.assert_allclose(folded, plain, rtol=1e-3, atol=1e-3 * plain.max())
+
+
+def _tiny_vit() -> nn.Module:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+        num_classes=10,
+    )  # fmt: skip
+    nn.init.normal_(model.heads.head.weight, std=0.5)  # torchvision starts it at zero
+    return model.eval()
+
+
+def _tiny_swin() -> nn.Module:
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    return SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=[4, 4],
+        num_classes=10,
+    ).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", ["vit", "swin"])
+def test_fullgrad_on_transformers_counts_the_linear_biases(arch):
+    """On torchvision's ViT and Swin the MLPs' linear layers (tokens, or channels-last maps)
+    carry most biases; pytorch-grad-cam only sees Conv2d / BatchNorm2d (the patch
+    embedding), so camcli's map adds the linear terms to its."""
+    from camcli.images import Preprocess
+    from camcli.methods.fullgrad import bias_outputs
+    from camcli.models import LoadedModel
+
+    model = _tiny_vit() if arch == "vit" else _tiny_swin()
+    torch.manual_seed(1)
+    x = torch.randn(3, 3, 32, 32)
+    with bias_outputs(model, (32, 32)) as recorded, torch.enable_grad():
+        model(x.requires_grad_(True))
+    kinds = {r.layout.kind for r in recorded}
+    assert len(recorded) >= 5
+    assert kinds == ({"nchw", "tokens"} if arch == "vit" else {"nchw", "nhwc"})
+    loaded = LoadedModel(model, arch, None, Preprocess(32, 32), None, torch.device("cpu"), 10)
+    maps = (
+        Explainer(loaded, method="fullgrad")
+        .explain(x.detach(), [Target(rank=1), Target(rank=2)])
+        .maps
+    )
+    assert maps.shape == (3, 2, 32, 32)
+    assert np.isfinite(maps).all() and (maps > 0).mean() > 0.9
+    assert not np.allclose(maps[:, 0], maps[:, 1])

@@ -167,6 +167,13 @@ METHODS: dict[str, MethodInfo] = {
             "Product of several layers' normalised Grad-CAM++ maps (repeat --layer)",
             "pytorch-grad-cam / torchcam RefineCAM (multi-layer refinement)",
         ),
+        MethodInfo(
+            "fullgrad",
+            "camcli.methods.fullgrad:FullGrad",
+            True,
+            "Input gradient x input plus every conv/BN/linear bias x its gradient; layer-free",
+            "Srinivas & Fleuret 2019, arXiv:1905.00780",
+        ),
     )
 }
 
