@@ -444,3 +444,67 @@ def test_fullgrad_on_transformers_counts_the_linear_biases(arch):
     assert maps.shape == (3, 2, 32, 32)
     assert np.isfinite(maps).all() and (maps > 0).mean() > 0.9
     assert not np.allclose(maps[:, 0], maps[:, 1])
+
+
+# --- LeGrad -------------------------------------------------------------------------------
+
+LEGRAD_VITS = {"vit8": (8, 2, 2), "vit4": (4, 3, 4)}  # patch size, blocks, heads
+
+
+def _vit(name: str) -> nn.Module:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    patch, blocks, heads = LEGRAD_VITS[name]
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        image_size=32, patch_size=patch, num_layers=blocks, num_heads=heads, hidden_dim=32,
+        mlp_dim=64, num_classes=10,
+    )  # fmt: skip
+    nn.init.normal_(model.heads.head.weight, std=0.5)  # torchvision starts it at zero
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", list(LEGRAD_VITS))
+def test_legrad_matches_torchcam(name):
+    from camcli.images import Preprocess
+    from camcli.models import LoadedModel
+
+    model = _vit(name)
+    blocks = [f"encoder.layers.encoder_layer_{i}" for i in range(len(model.encoder.layers))]
+    torch.manual_seed(1)
+    x = torch.randn(3, 3, 32, 32)
+    classes = model(x).argmax(1).tolist()
+    with torchcam_methods.LeGrad(model, blocks[-2:]) as extractor:
+        ref = extractor(class_idx=classes, scores=model(x), normalized=False)[0].detach()
+    model.zero_grad(set_to_none=True)
+    loaded = LoadedModel(model, name, None, Preprocess(32, 32), None, torch.device("cpu"), 10)
+    targets = [Target(index=c) for c in sorted(set(classes))]
+    # One block: the map at the patch grid.
+    with torchcam_methods.LeGrad(model, blocks[-1]) as extractor:
+        last = extractor(class_idx=classes, scores=model(x), normalized=False)[0].detach()
+    maps = Explainer(loaded, method="legrad", layers=[blocks[-1]]).explain(x, targets).maps
+    mine = np.stack([maps[i, targets.index(Target(index=c))] for i, c in enumerate(classes)])
+    assert mine.shape == (3, *last.shape[-2:])
+    assert_close(mine, last.numpy())
+    # Two blocks: camcli averages them at the input size; upsampling is linear.
+    maps = Explainer(loaded, method="legrad", layers=blocks[-2:]).explain(x, targets).maps
+    mine = np.stack([maps[i, targets.index(Target(index=c))] for i, c in enumerate(classes)])
+    upsampled = nn.functional.interpolate(ref[:, None], size=(32, 32), mode="bilinear")[:, 0]
+    assert_close(mine, upsampled.numpy())
+
+
+def test_legrad_default_layer_is_the_last_block_and_other_models_are_refused():
+    from camcli.errors import UsageError
+    from camcli.images import Preprocess
+    from camcli.models import LoadedModel
+
+    model = _vit("vit8")
+    loaded = LoadedModel(model, "vit", None, Preprocess(32, 32), None, torch.device("cpu"), 10)
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 32, 32)
+    default = Explainer(loaded, method="legrad")  # encoder.layers.encoder_layer_1.ln_1
+    block = Explainer(loaded, method="legrad", layers=["encoder.layers.encoder_layer_1"])
+    targets = [Target(rank=1), Target(rank=2)]
+    np.testing.assert_array_equal(default.explain(x, targets).maps, block.explain(x, targets).maps)
+    with pytest.raises(UsageError, match="legrad needs a torchvision VisionTransformer"):
+        Explainer(_loaded(_model("resnet18"), "resnet18"), method="legrad", layers=["layer4"])

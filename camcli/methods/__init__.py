@@ -174,6 +174,13 @@ METHODS: dict[str, MethodInfo] = {
             "Input gradient x input plus every conv/BN/linear bias x its gradient; layer-free",
             "Srinivas & Fleuret 2019, arXiv:1905.00780",
         ),
+        MethodInfo(
+            "legrad",
+            "camcli.methods.legrad:LeGrad",
+            True,
+            "Positive gradients of each ViT block's class score w.r.t. its attention maps",
+            "Bousselham et al. 2024, arXiv:2404.03214",
+        ),
     )
 }
 
