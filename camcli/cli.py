@@ -269,6 +269,16 @@ def run(
     json_lines: Annotated[
         bool, typer.Option("--json", help="Print one JSON object per result on stdout.")
     ] = False,
+    concepts: Annotated[
+        int,
+        typer.Option(
+            "--concepts",
+            help="dff: concept maps per image (each recorded with the class it scores "
+            "highest); they replace --target.",
+            metavar="K",
+            min=1,
+        ),
+    ] = 5,
 ) -> None:
     """Write heatmaps (overlays or raw maps) for images, files or whole folders."""
     from camcli.pipeline import RunConfig
@@ -311,6 +321,7 @@ def run(
             aug_smooth=aug_smooth,
             eigen_smooth=eigen_smooth,
             chunk_size=chunk_size,
+            concepts=concepts,
         )
     except CamcliError as exc:
         _fail(exc)

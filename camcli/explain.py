@@ -28,9 +28,13 @@ class Target:
 
     rank: int | None = None
     index: int | None = None
+    #: The n-th concept of a concept method (``dff``), 1-based; its class comes with it.
+    concept: int | None = None
 
     @property
     def tag(self) -> str:
+        if self.concept is not None:
+            return f"concept{self.concept}"
         return f"top{self.rank}" if self.rank is not None else f"class{self.index}"
 
 
@@ -148,6 +152,13 @@ def parse_targets(
     return unique
 
 
+def concept_targets(count: int) -> list[Target]:
+    """``concept1`` ... ``conceptK``: the targets of a concept method (``--concepts K``)."""
+    if count < 1:
+        raise UsageError("--concepts must be at least 1")
+    return [Target(concept=j) for j in range(1, count + 1)]
+
+
 def extract_logits(output: Any) -> torch.Tensor:
     """Logits from whatever the model returns: a tensor, a tuple, a dict or an object."""
     if isinstance(output, torch.Tensor):
@@ -229,6 +240,8 @@ class Explainer:
             raise UsageError("--chunk-size must be at least 1")
         if eigen_smooth and not method_cls.supports_eigen_smooth:
             raise UsageError(f"--eigen-smooth does not apply to {method_cls.name}")
+        if aug_smooth and not method_cls.supports_aug_smooth:
+            raise UsageError(f"--aug-smooth does not apply to {method_cls.name}")
         self.aug_smooth = aug_smooth
         self.eigen_smooth = eigen_smooth
         self.chunk_size = chunk_size
@@ -242,6 +255,8 @@ class Explainer:
                     "more: repeat --layer (e.g. --layer layer3 --layer layer4; `camcli layers "
                     "MODEL` lists them)"
                 )
+            if method_cls.max_layers is not None and len(self.layers) > method_cls.max_layers:
+                raise UsageError(f"{method_cls.name} takes one layer; pass --layer once")
             self.method: CamMethod = method_cls(model)
             probe = torch.randn(1, 3, size, size, device=loaded.device)
             # The checks compare exact maths (CAM's head against the logits): full precision.
@@ -381,7 +396,11 @@ class Explainer:
     def explain(self, batch: torch.Tensor, targets: Sequence[Target]) -> Explanation:
         activations, logits = self._forward(batch)
         class_indices = self._target_indices(logits, targets)
-        if not self.aug_smooth:
+        concept_scores = None
+        if any(t.concept is not None for t in targets):
+            combined, class_indices, concept_scores = self._concepts(batch, activations, targets)
+            saliency = None
+        elif not self.aug_smooth:
             combined, saliency = self._maps(batch, activations, logits, class_indices, False)
         else:
             del activations
@@ -390,6 +409,8 @@ class Explainer:
             logits = logits.detach().float()
             maps = combined.detach().float()
             scores = torch.softmax(logits, dim=1).gather(1, class_indices)
+            if concept_scores is not None:
+                scores = concept_scores
             finite_logits = torch.isfinite(logits).all(dim=1)
             finite_maps = torch.isfinite(maps.flatten(1)).all(dim=1)
             if saliency is not None:
@@ -458,6 +479,29 @@ class Explainer:
         count = len(AUGMENTATIONS)
         return maps_sum / count, None if saliency_sum is None else saliency_sum / count
 
+    def _concepts(
+        self, batch: torch.Tensor, activations: dict[str, torch.Tensor], targets: Sequence[Target]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Concept targets (``dff``): (maps, each concept's class, its probability)."""
+        concepts = getattr(self.method, "concepts", None)
+        if concepts is None or any(t.concept is None for t in targets):
+            raise UsageError(
+                f"concept targets need a concept method (dff) and no other targets, "
+                f"not {self.method.name}"
+            )
+        from camcli.methods.dff import concept_table
+
+        ((name, activation),) = activations.items()
+        context = CamContext(
+            model=self.loaded.model, batch=batch, forward=self._logits, layer=name,
+            module=self.layers[name], chunk_size=self.chunk_size, progress=self.progress,
+        )  # fmt: skip
+        with torch.inference_mode():
+            maps, concept_logits = concepts(activation, context, max(t.concept for t in targets))
+            classes, probabilities = concept_table(concept_logits)
+            columns = torch.tensor([t.concept - 1 for t in targets], device=maps.device)
+            return maps[:, columns], classes[:, columns], probabilities[:, columns]
+
     @staticmethod
     def _target_indices(logits: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
         n = logits.shape[0]
@@ -465,7 +509,9 @@ class Explainer:
         ranked = logits.detach().topk(max_rank, dim=1).indices if max_rank else None
         columns = []
         for target in targets:
-            if target.rank is not None:
+            if target.concept is not None:  # its class comes from the concept (``_concepts``)
+                columns.append(torch.zeros((n,), dtype=torch.long, device=logits.device))
+            elif target.rank is not None:
                 assert ranked is not None
                 columns.append(ranked[:, target.rank - 1])
             else:

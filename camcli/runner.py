@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from camcli import resume_gc
-from camcli.errors import EXIT_OK, EXIT_SOME_FAILED
-from camcli.explain import Explainer, parse_targets
+from camcli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
+from camcli.explain import Explainer, concept_targets, parse_targets
 from camcli.methods import get_method_class
 from camcli.models import load_model
 from camcli.outfolder import MANIFEST, check_output_folder, part_name
@@ -41,6 +41,7 @@ def run_images(
     aug_smooth: bool = False,
     eigen_smooth: bool = False,
     chunk_size: int = 32,
+    concepts: int = 5,
 ) -> int:
     """Explain every image in ``paths`` and write the outputs; returns the exit code.
 
@@ -76,6 +77,12 @@ def run_images(
             precision=precision,
         )
         parsed = parse_targets(targets, top_k, loaded.labels, loaded.num_classes)
+        if getattr(explainer.method, "concepts", None) is not None:
+            if targets or top_k is not None:
+                raise UsageError(
+                    f"{method}'s targets are its concepts: use --concepts K, not --target/--top-k"
+                )
+            parsed = concept_targets(concepts)
         resume_gc()
 
         with display.running(f"{explainer.method_name} {loaded.name}", total=len(sources)):

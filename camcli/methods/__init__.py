@@ -181,6 +181,13 @@ METHODS: dict[str, MethodInfo] = {
             "Positive gradients of each ViT block's class score w.r.t. its attention maps",
             "Bousselham et al. 2024, arXiv:2404.03214",
         ),
+        MethodInfo(
+            "dff",
+            "camcli.methods.dff:DeepFeatureFactorization",
+            False,
+            "K concept maps per image from an NMF of the activations, each with its best class",
+            "Collins et al. 2018, arXiv:1806.10206",
+        ),
     )
 }
 

@@ -82,6 +82,10 @@ class CamMethod:
     supports_eigen_smooth: ClassVar[bool] = True
     #: The fewest layers the method works with (RefineCAM multiplies several layers' maps).
     min_layers: ClassVar[int] = 1
+    #: The most layers it works with (None: any number; DFF's concepts are one layer's).
+    max_layers: ClassVar[int | None] = None
+    #: Whether ``--aug-smooth`` (maps of flipped and scaled copies, averaged) applies.
+    supports_aug_smooth: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
