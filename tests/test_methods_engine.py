@@ -55,6 +55,8 @@ def test_registry_names_match_classes_and_cover_the_issue():
         "eigengradcam", "smoothgradcam++", "cam", "scorecam", "sscam", "iscam", "ablationcam",
         "eigencam", "guided-backprop", "guided-gradcam",
     }  # fmt: skip
+    # Issue 12: the methods of pytorch-grad-cam 1.5.7 and torchcam 0.5.0.
+    wanted |= {"fem", "kpcacam", "shapleycam", "finercam", "refinecam", "fullgrad", "legrad", "dff"}
     assert set(METHODS) == wanted
     for name, info in METHODS.items():
         cls = get_method_class(name)

@@ -91,7 +91,7 @@ class LeGrad(CamMethod):
             raise UsageError(
                 f"legrad needs a torchvision VisionTransformer and a transformer block (a "
                 f"module with a self_attention) at or above layer {layer!r}, e.g. "
-                "encoder.layers.encoder_layer_11"
+                "encoder.layers.encoder_layer_11; for other models use --method gradcam"
             )
 
     def compute(
