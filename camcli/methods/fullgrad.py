@@ -57,6 +57,8 @@ def bias_outputs(model: nn.Module, input_hw: tuple[int, int]) -> Iterator[list[B
         layout = spatial_layout(tensor.shape, input_hw)
         if layout is None:  # the head's logits, a pooled vector: nowhere on the image
             return None
+        if tensor.shape[1 if layout.kind == "nchw" else -1] != bias.numel():
+            return None  # a grid-like shape that is not (channels x grid), e.g. windows
         recorded.append(BiasOutput(bias, tensor, layout))
         return tensor.clone() if isinstance(output, torch.Tensor) else None
 
