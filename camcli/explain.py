@@ -337,7 +337,7 @@ class Explainer:
         recorder = ActivationRecorder(
             self.loaded.model, self.layers, grad=grad, dtype=torch.float32 if low else None
         )
-        with recorder, mode, cast:
+        with recorder, mode, cast, self.method.forward_context():
             logits = extract_logits(self.loaded.model(batch))
         missing = [n for n in self.layers if n not in recorder.activations]
         if missing:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -101,6 +102,11 @@ class CamMethod:
         context: CamContext | None = None,
     ) -> torch.Tensor:
         raise NotImplementedError
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        """Entered around the explainer's forward pass (ShapleyCAM: attention kernels that
+        have a second derivative)."""
+        return contextlib.nullcontext()
 
     def fuse(self, maps: list[torch.Tensor]) -> torch.Tensor | None:
         """The layers' (N, T, h, w) maps combined into one, or None for the engine's default

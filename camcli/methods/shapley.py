@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import torch
@@ -23,6 +24,13 @@ class ShapleyCAM(GradientCam):
     """
 
     name = "shapleycam"
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        # The fused attention kernels (flash, memory-efficient) have no second derivative;
+        # the math kernel computes the same attention and does.
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.MATH])
 
     def gradients(
         self, activation: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor
