@@ -548,7 +548,8 @@ def test_dff_matches_pytorch_grad_cam_image_by_image(arch):
 @pytest.mark.parametrize(
     ("arch", "layers", "grid"),
     [
-        ("vit", ["encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1"], 4),
+        # ln_1 inside each block: the last block's output tokens do not reach the class token.
+        ("vit", ["encoder.layers.encoder_layer_0.ln_1", "encoder.layers.encoder_layer_1.ln_1"], 4),
         ("swin", ["features.1", "features.3"], 8),
     ],
 )
@@ -560,11 +561,8 @@ def test_refinecam_on_token_and_channels_last_layouts(arch, layers, grid):
     loaded = LoadedModel(model, arch, None, Preprocess(32, 32), None, torch.device("cpu"), 10)
     torch.manual_seed(1)
     x = torch.randn(2, 3, 32, 32)
-    maps = (
-        Explainer(loaded, method="refinecam", layers=layers)
-        .explain(x, [Target(rank=1), Target(index=3)])
-        .maps
-    )
+    explainer = Explainer(loaded, method="refinecam", layers=layers)
+    maps = explainer.explain(x, [Target(rank=1), Target(index=3)]).maps
     assert maps.shape == (2, 2, grid, grid)
     assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
     assert maps.max() > 0
