@@ -348,6 +348,16 @@ def run(
         float,
         typer.Option(help="Detection: a map per box scoring at least this.", min=0, max=1),
     ] = 0.5,
+    concepts: Annotated[
+        int,
+        typer.Option(
+            "--concepts",
+            help="dff: concept maps per image (each recorded with the class it scores "
+            "highest); they replace --target.",
+            metavar="K",
+            min=1,
+        ),
+    ] = 5,
 ) -> None:
     """Write heatmaps (overlays or raw maps) for images, files or whole folders."""
     from camcli.engines.ray import RayOptions
@@ -403,6 +413,7 @@ def run(
             head=head,
             threshold=threshold,
             score_threshold=score_threshold,
+            concepts=concepts,
         )
     except CamcliError as exc:
         _fail(exc)

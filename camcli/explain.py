@@ -20,7 +20,7 @@ from camcli.layers import default_layer, resolve_layer
 from camcli.methods import get_method_class
 from camcli.methods.base import CamContext, CamMethod, Progress
 from camcli.models import LoadedModel, fold_batchnorms, is_out_of_memory
-from camcli.targets import Target, extract_logits, make_head
+from camcli.targets import Chosen, Target, extract_logits, make_head
 
 __all__ = [
     "AUGMENTATIONS",
@@ -29,6 +29,7 @@ __all__ = [
     "Explanation",
     "Target",  # camcli.targets' own, kept importable from here
     "autocast_dtype",
+    "concept_targets",
     "explain",
     "extract_logits",  # likewise
     "parse_targets",
@@ -157,6 +158,13 @@ def parse_targets(
     return unique
 
 
+def concept_targets(count: int) -> list[Target]:
+    """``concept1`` ... ``conceptK``: the targets of a concept method (``--concepts K``)."""
+    if count < 1:
+        raise UsageError("--concepts must be at least 1")
+    return [Target(concept=j) for j in range(1, count + 1)]
+
+
 def to_model_input(pixels: np.ndarray, loaded: LoadedModel) -> torch.Tensor:
     """(N, H, W, 3) uint8 RGB -> normalised (N, 3, H, W) float32 on the model's device."""
     batch = torch.from_numpy(np.require(pixels, requirements="W")).to(loaded.device)
@@ -225,6 +233,8 @@ class Explainer:
             raise UsageError("--chunk-size must be at least 1")
         if eigen_smooth and not method_cls.supports_eigen_smooth:
             raise UsageError(f"--eigen-smooth does not apply to {method_cls.name}")
+        if aug_smooth and not method_cls.supports_aug_smooth:
+            raise UsageError(f"--aug-smooth does not apply to {method_cls.name}")
         self.aug_smooth = aug_smooth
         self.eigen_smooth = eigen_smooth
         self.chunk_size = chunk_size
@@ -232,6 +242,14 @@ class Explainer:
         size = loaded.preprocess.crop_size
         try:
             self.layers = self._resolve_layers(layers, size)
+            if len(self.layers) < method_cls.min_layers:
+                raise UsageError(
+                    f"{method_cls.name} combines the maps of {method_cls.min_layers} layers or "
+                    "more: repeat --layer (e.g. --layer layer3 --layer layer4; `camcli layers "
+                    "MODEL` lists them)"
+                )
+            if method_cls.max_layers is not None and len(self.layers) > method_cls.max_layers:
+                raise UsageError(f"{method_cls.name} takes one layer; pass --layer once")
             self.method: CamMethod = method_cls(model)
             probe = torch.randn(1, 3, size, size, device=loaded.device)
             # The checks compare exact maths (CAM's head against the logits): full precision.
@@ -320,7 +338,7 @@ class Explainer:
         recorder = ActivationRecorder(
             self.loaded.model, self.layers, grad=grad, dtype=torch.float32 if low else None
         )
-        with recorder, mode, cast:
+        with recorder, mode, cast, self.method.forward_context():
             output = self.loaded.model(batch)
             logits = self.head(output)
         missing = [n for n in self.layers if n not in recorder.activations]
@@ -362,7 +380,12 @@ class Explainer:
                 maps.append(self.method.compute(activation, logits, class_indices, context))
         with torch.inference_mode():
             size = tuple(batch.shape[-2:])
-            if len(maps) == 1 and (not at_input_size or tuple(maps[0].shape[-2:]) == size):
+            fused = self.method.fuse(maps)
+            if fused is not None:
+                combined = fused
+                if at_input_size and tuple(fused.shape[-2:]) != size:
+                    combined = nn.functional.interpolate(fused, size=size, mode="bilinear")
+            elif len(maps) == 1 and (not at_input_size or tuple(maps[0].shape[-2:]) == size):
                 combined = maps[0]
             else:
                 combined = torch.stack(
@@ -374,18 +397,26 @@ class Explainer:
 
     def explain(self, batch: torch.Tensor, targets: Sequence[Target]) -> Explanation:
         activations, logits, output = self._run(batch)
-        chosen = self.head.choose(output, logits, targets)
-        logits, columns = chosen.matrix, chosen.columns
-        if not bool(chosen.present.any()):
-            # Nothing to explain in the whole batch (no box above the threshold): no score
-            # depends on the layer, and every map is zeros.
-            grid = next(iter(activations.values())).shape[-2:]
-            combined, saliency = torch.zeros((*columns.shape, *grid), device=batch.device), None
-        elif not self.aug_smooth:
-            combined, saliency = self._maps(batch, activations, logits, columns, False)
+        if any(t.concept is not None for t in targets):
+            # A concept method (dff): each concept's map, and the class it scores best.
+            combined, classes, probabilities = self._concepts(batch, activations, targets)
+            present = torch.ones_like(classes, dtype=torch.bool)
+            chosen = Chosen(logits, classes, classes, probabilities, present)
+            saliency = None
         else:
-            del activations
-            combined, saliency = self._augmented(batch, columns)
+            chosen = self.head.choose(output, logits, targets)
+            logits, columns = chosen.matrix, chosen.columns
+            if not bool(chosen.present.any()):
+                # Nothing to explain in the whole batch (no box above the threshold): no score
+                # depends on the layer, and every map is zeros.
+                grid = next(iter(activations.values())).shape[-2:]
+                combined = torch.zeros((*columns.shape, *grid), device=batch.device)
+                saliency = None
+            elif not self.aug_smooth:
+                combined, saliency = self._maps(batch, activations, logits, columns, False)
+            else:
+                del activations
+                combined, saliency = self._augmented(batch, columns)
         with torch.inference_mode():
             logits = logits.detach().float()
             # A target the image does not have (no box t, a label under the threshold): zeros.
@@ -416,6 +447,29 @@ class Explainer:
                 present=chosen.present.cpu().numpy(),
                 boxes=chosen.boxes,
             )
+
+    def _concepts(
+        self, batch: torch.Tensor, activations: dict[str, torch.Tensor], targets: Sequence[Target]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Concept targets (``dff``): (maps, each concept's class, its probability)."""
+        concepts = getattr(self.method, "concepts", None)
+        if concepts is None or any(t.concept is None for t in targets):
+            raise UsageError(
+                f"concept targets need a concept method (dff) and no other targets, "
+                f"not {self.method.name}"
+            )
+        from camcli.methods.dff import concept_table
+
+        ((name, activation),) = activations.items()
+        context = CamContext(
+            model=self.loaded.model, batch=batch, forward=self._logits, layer=name,
+            module=self.layers[name], chunk_size=self.chunk_size, progress=self.progress,
+        )  # fmt: skip
+        with torch.inference_mode():
+            maps, concept_logits = concepts(activation, context, max(t.concept for t in targets))
+            classes, probabilities = concept_table(concept_logits)
+            columns = torch.tensor([t.concept - 1 for t in targets], device=maps.device)
+            return maps[:, columns], classes[:, columns], probabilities[:, columns]
 
     def _blank_reasons(
         self, maps: torch.Tensor, logits: torch.Tensor, trusted: torch.Tensor

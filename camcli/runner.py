@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from camcli import resume_gc
 from camcli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
-from camcli.explain import Explainer, parse_targets
+from camcli.explain import Explainer, concept_targets, parse_targets
 from camcli.methods import get_method_class
 from camcli.models import load_model
 from camcli.outfolder import MANIFEST, check_output_folder, part_name
@@ -57,6 +57,7 @@ def run_images(
     head: str = "auto",
     threshold: float = 0.5,
     score_threshold: float = 0.5,
+    concepts: int = 5,
 ) -> int:
     """Explain every image in ``paths`` and write the outputs; returns the exit code.
 
@@ -110,6 +111,12 @@ def run_images(
             loaded.num_classes,
             threshold,
         )
+        if getattr(explainer.method, "concepts", None) is not None:
+            if targets or top_k is not None:
+                raise UsageError(
+                    f"{method}'s targets are its concepts: use --concepts K, not --target/--top-k"
+                )
+            parsed = concept_targets(concepts)
         if config.batch_size == AUTO:
             config.batch_size = auto_batch_size(explainer, parsed)
         resume_gc()

@@ -65,11 +65,15 @@ class Target:
     index: int | None = None
     box: int | None = None
     threshold: float | None = None
+    #: The n-th concept of a concept method (``dff``), 1-based; its class comes with it.
+    concept: int | None = None
 
     @property
     def tag(self) -> str:
         if self.box is not None:
             return f"box{self.box}"
+        if self.concept is not None:
+            return f"concept{self.concept}"
         return f"top{self.rank}" if self.rank is not None else f"class{self.index}"
 
 

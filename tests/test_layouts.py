@@ -27,7 +27,7 @@ from camcli.cli import app
 from camcli.errors import UsageError
 from camcli.explain import Explainer, Target
 from camcli.images import Preprocess
-from camcli.methods import METHODS
+from camcli.methods import METHODS, get_method_class
 from camcli.models import LoadedModel
 
 CLASSES = 10
@@ -91,6 +91,14 @@ REFUSED = {
     ("cam", "maxvit"): "classifier.2 (LayerNorm)",
 }
 
+# LeGrad differentiates a torchvision ViT's attention maps: every other model is refused.
+REFUSED.update(
+    {(("legrad", n)): "legrad needs a torchvision VisionTransformer" for n in MODELS if n != "vit"}
+)
+# RefineCAM multiplies two layers' maps or more (these tests explain the default layer); it
+# runs on the ViT, Swin and CNN layouts in tests/test_methods_new.py.
+SEVERAL_LAYERS = {name for name in METHODS if get_method_class(name).min_layers > 1}
+
 # The Score-CAM family's many passes (one per channel and image, times 35 for SS-CAM and 10
 # for IS-CAM): Score-CAM on every model but resnet18's 512 channels (the plain CNN's Score-CAM
 # is tested on the tiny synthetic model), the smoothed variants on a token and a channels-last
@@ -122,6 +130,8 @@ def batch_for(loaded: LoadedModel) -> torch.Tensor:
 def matrix() -> list[tuple[str, str]]:
     cases = []
     for method in METHODS:
+        if method in SEVERAL_LAYERS:
+            continue
         for name in MODELS:
             if name not in SCORE_MODELS.get(method, MODELS):
                 continue
@@ -136,7 +146,7 @@ def models() -> dict[str, LoadedModel]:
 
 def test_the_matrix_covers_every_method_on_a_token_and_a_channels_last_layout():
     covered = {(m, n) for m, n in matrix()}
-    for method in METHODS:
+    for method in set(METHODS) - SEVERAL_LAYERS:
         assert {(method, "vit"), (method, "swin")} <= covered
     assert {n for _, n in matrix()} == set(MODELS)
 
@@ -156,7 +166,8 @@ def test_every_method_on_every_layout(models, method, name):
     explainer = Explainer(loaded, method, chunk_size=4096)
     assert explainer.layer_names == [layer]
     result = explainer.explain(batch_for(loaded), TARGETS)
-    side = size if METHODS[method].needs_grad and method.startswith("guided") else grid
+    at_input_size = method.startswith("guided") or method == "fullgrad"  # layer-free
+    side = size if METHODS[method].needs_grad and at_input_size else grid
     assert result.maps.shape == (2, 2, side, side)
     assert np.isfinite(result.maps).all()
     assert result.class_indices[:, 1].tolist() == [3, 3]
@@ -182,7 +193,7 @@ def densenet_pair() -> tuple[LoadedModel, LoadedModel]:
     )
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in SEVERAL_LAYERS | {"legrad"}])
 def test_an_in_place_relu_after_the_layer_does_not_change_the_maps(densenet_pair, method):
     in_place, out_of_place = densenet_pair
     x = batch_for(in_place)

@@ -21,6 +21,8 @@ HELD_OUT = 100
 # Score-CAM family and Ablation-CAM run one pass per channel (64 here) and image, times their
 # samples; the default suite checks them on 20 images with fewer samples, -m slow on 100.
 HEAVY = {"scorecam": {}, "sscam": {"samples": 2}, "iscam": {"samples": 2}, "ablationcam": {}}
+# DFF factorises each image (an NMF of 200 sweeps at most): 20 images by default, 100 slow.
+HEAVY["dff"] = {}
 # Guided backpropagation is not meant to localise: it reconstructs image structure (edges of
 # everything, largely whatever the class; Adebayo et al. 2018, "Sanity Checks for Saliency
 # Maps") and its peak is the strongest edge. It is held to "far better than chance" only.
@@ -28,6 +30,13 @@ NOT_LOCALISING = {"guided-backprop": 0.5}
 # The sanity baselines of `camcli evaluate` (random channel weights, an edge map) are the floor
 # a method must beat, not localisers; tests/test_evaluate.py checks that they score below.
 BASELINES = {"randomcam", "sobel"}
+# RefineCAM multiplies several layers' maps: the tiny CNN's 32x32 and 16x16 layers. LeGrad
+# explains a ViT's attention (the tiny CNN has none).
+LAYERS = {"refinecam": ["features.5", "features.11"]}
+# FullGrad (as pytorch-grad-cam, which it matches) sums ~180 bias-gradient maps, each
+# normalised to [0, 1] on its own: on this model its peak falls in the noise, inside the box
+# for 2% of the images (docs/methods.md); it is not held to localise here.
+NOT_APPLICABLE = {"legrad", "fullgrad"}
 
 
 def hit_rate(model, method: str, n: int, seed: int = 2024, **attributes) -> float:
@@ -35,7 +44,7 @@ def hit_rate(model, method: str, n: int, seed: int = 2024, **attributes) -> floa
     loaded = LoadedModel(
         model, "tiny", None, Preprocess(64, 64), list(synthetic.CLASSES), torch.device("cpu"), 3
     )
-    explainer = Explainer(loaded, method, chunk_size=512)
+    explainer = Explainer(loaded, method, LAYERS.get(method), chunk_size=512)
     for key, value in attributes.items():
         setattr(explainer.method, key, value)
     x = synthetic.to_tensor(images)
@@ -50,7 +59,9 @@ def hit_rate(model, method: str, n: int, seed: int = 2024, **attributes) -> floa
     return hits / n
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in HEAVY and m not in BASELINES])
+@pytest.mark.parametrize(
+    "method", [m for m in METHODS if m not in {*HEAVY, *BASELINES, *NOT_APPLICABLE}]
+)
 def test_peak_inside_the_box(tiny_model, method):
     rate = hit_rate(tiny_model, method, HELD_OUT)
     assert rate >= NOT_LOCALISING.get(method, 0.9), f"{method}: {rate:.0%} of peaks in the box"

@@ -146,6 +146,62 @@ METHODS: dict[str, MethodInfo] = {
             "Sanity baseline: Sobel edge magnitude of the input image, no model at all",
             "Sobel & Feldman 1968; Adebayo et al. 2018, arXiv:1810.03292",
         ),
+        MethodInfo(
+            "fem",
+            "camcli.methods.fem:FEM",
+            False,
+            "Channels weighted by the share of positions above their mean + 2 std; class-agnostic",
+            "Fuad et al. 2020, IPTA, hal-02963298",
+        ),
+        MethodInfo(
+            "kpcacam",
+            "camcli.methods.kpca:KPCACAM",
+            False,
+            "First kernel principal component (sigmoid kernel) of the feature map; class-agnostic",
+            "Karmani et al. 2024, arXiv:2410.00267",
+        ),
+        MethodInfo(
+            "shapleycam",
+            "camcli.methods.shapley:ShapleyCAM",
+            True,
+            "Grad-CAM weights from the gradient minus half the Hessian-vector product",
+            "Cai 2025, arXiv:2501.06261",
+        ),
+        MethodInfo(
+            "finercam",
+            "camcli.methods.finer:FinerCAM",
+            True,
+            "Grad-CAM of the target logit minus 0.6 x the mean of its 3 closest classes' logits",
+            "Zhang et al. 2025, arXiv:2501.11309",
+        ),
+        MethodInfo(
+            "refinecam",
+            "camcli.methods.refine:RefineCAM",
+            True,
+            "Product of several layers' normalised Grad-CAM++ maps (repeat --layer)",
+            "pytorch-grad-cam / torchcam RefineCAM (multi-layer refinement)",
+        ),
+        MethodInfo(
+            "fullgrad",
+            "camcli.methods.fullgrad:FullGrad",
+            True,
+            "Input gradient x input plus every conv/BN/linear bias x its gradient; layer-free",
+            "Srinivas & Fleuret 2019, arXiv:1905.00780",
+        ),
+        MethodInfo(
+            "legrad",
+            "camcli.methods.legrad:LeGrad",
+            True,
+            "Positive gradients of each ViT block's class score w.r.t. its attention maps",
+            "Bousselham et al. 2024, arXiv:2404.03214",
+        ),
+        MethodInfo(
+            "dff",
+            "camcli.methods.dff:DeepFeatureFactorization",
+            False,
+            "K concept maps per image from an NMF of the activations, each with its best class",
+            "Collins et al. 2018, arXiv:1806.10206",
+        ),
     )
 }
 

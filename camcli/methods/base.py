@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -80,6 +81,12 @@ class CamMethod:
     pixel_space: ClassVar[bool] = False
     #: Whether ``--eigen-smooth`` (first principal component of ``w * A``) applies.
     supports_eigen_smooth: ClassVar[bool] = True
+    #: The fewest layers the method works with (RefineCAM multiplies several layers' maps).
+    min_layers: ClassVar[int] = 1
+    #: The most layers it works with (None: any number; DFF's concepts are one layer's).
+    max_layers: ClassVar[int | None] = None
+    #: Whether ``--aug-smooth`` (maps of flipped and scaled copies, averaged) applies.
+    supports_aug_smooth: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -95,6 +102,16 @@ class CamMethod:
         context: CamContext | None = None,
     ) -> torch.Tensor:
         raise NotImplementedError
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        """Entered around the explainer's forward pass (ShapleyCAM: attention kernels that
+        have a second derivative)."""
+        return contextlib.nullcontext()
+
+    def fuse(self, maps: list[torch.Tensor]) -> torch.Tensor | None:
+        """The layers' (N, T, h, w) maps combined into one, or None for the engine's default
+        (each upsampled to the input size, then averaged)."""
+        return None
 
 
 def class_scores(logits: torch.Tensor, targets: torch.Tensor, column: int) -> torch.Tensor:
