@@ -91,9 +91,14 @@ REFUSED = {
     ("cam", "maxvit"): "classifier.2 (LayerNorm)",
 }
 
-# LeGrad differentiates a torchvision ViT's attention maps: every other model is refused.
+# LeGrad differentiates a torchvision ViT's or Swin's attention maps: every other model is
+# refused.
 REFUSED.update(
-    {(("legrad", n)): "legrad needs a torchvision VisionTransformer" for n in MODELS if n != "vit"}
+    {
+        (("legrad", n)): "legrad needs a torchvision VisionTransformer"
+        for n in MODELS
+        if n not in ("vit", "swin")
+    }
 )
 # RefineCAM multiplies two layers' maps or more (these tests explain the default layer); it
 # runs on the ViT, Swin and CNN layouts in tests/test_methods_new.py.

@@ -11,6 +11,13 @@ from torch import nn
 
 from camcli.errors import UsageError
 from camcli.methods.base import CamContext, CamMethod, class_scores, require_context
+from camcli.methods.legrad_swin import (
+    last_stage_channels,
+    recorded_window_attention,
+    swin_block,
+    swin_scores,
+    windows_to_grid,
+)
 
 
 def attention_block(model: nn.Module, layer: str) -> nn.Module | None:
@@ -78,6 +85,13 @@ class LeGrad(CamMethod):
     layers (blocks, or a module inside one such as the default ``ln_1``) are averaged. For
     torchvision's ``VisionTransformer`` (``encoder.ln`` and ``heads`` give ``S^l``); one extra
     forward with gradients per layer.
+
+    torchvision's ``SwinTransformer`` (V1 and V2): ``P^l`` is block ``l``'s windowed attention
+    (N * windows, heads, T, T) and ``S^l = head(avgpool(norm(z^l)))``. Each key's relevance is
+    averaged over the heads and the T queries of its window (the only queries that attend to
+    it), and the windows are put back on the token grid (shift undone, padding cropped). The
+    default layer ``norm`` means the last block; only blocks of the last stage can be read by
+    ``norm`` and ``head``.
     """
 
     name = "legrad"
@@ -85,13 +99,22 @@ class LeGrad(CamMethod):
     supports_eigen_smooth = False
 
     def check(self, layer: str, activation: torch.Tensor, logits: torch.Tensor) -> None:
+        swin = swin_block(self.model, layer)
+        if swin is not None:
+            if swin.attn.qkv.in_features != last_stage_channels(self.model):
+                raise UsageError(
+                    f"legrad reads a Swin block's tokens with the model's norm and head, so the "
+                    f"block at or above layer {layer!r} must be in the last stage, e.g. norm or "
+                    f"features.{len(self.model.features) - 1}"
+                )
+            return
         encoder = getattr(self.model, "encoder", None)
         heads = getattr(self.model, "heads", None)
         if attention_block(self.model, layer) is None or heads is None or encoder is None:
             raise UsageError(
                 f"legrad needs a torchvision VisionTransformer and a transformer block (a "
                 f"module with a self_attention) at or above layer {layer!r}, e.g. "
-                "encoder.layers.encoder_layer_11; for other models use --method gradcam"
+                "encoder.layers.encoder_layer_11, or a torchvision SwinTransformer; for other models use --method gradcam"
             )
 
     def compute(
@@ -102,6 +125,8 @@ class LeGrad(CamMethod):
         context: CamContext | None = None,
     ) -> torch.Tensor:
         context = require_context(context, self.name)
+        if swin_block(self.model, context.layer) is not None:
+            return self._compute_swin(activation, targets, context)
         block = attention_block(self.model, context.layer)
         assert block is not None
         n, _, h, w = activation.shape
@@ -121,3 +146,25 @@ class LeGrad(CamMethod):
                 relevance = torch.relu(grads.float()).mean(dim=(1, 2))[:, prefix:]
                 maps.append(relevance.reshape(n, h, w))
         return torch.stack(maps, dim=1).detach()
+
+    def _compute_swin(
+        self, activation: torch.Tensor, targets: torch.Tensor, context: CamContext
+    ) -> torch.Tensor:
+        block = swin_block(self.model, context.layer)
+        assert block is not None
+        image = context.batch.detach().clone().requires_grad_(True)
+        with recorded_window_attention(block) as store, torch.enable_grad():
+            context.forward(image)
+            scores = swin_scores(self.model, store["tokens"]).float()
+            attention = store["attention"]
+            maps = []
+            for t in range(targets.shape[1]):
+                (grads,) = torch.autograd.grad(
+                    class_scores(scores, targets, t), attention,
+                    retain_graph=t < targets.shape[1] - 1,
+                )  # fmt: skip
+                relevance = torch.relu(grads.float()).mean(dim=(1, 2))  # (N * windows, T)
+                maps.append(windows_to_grid(relevance, store["grid"], block.attn))
+        out = torch.stack(maps, dim=1).detach()
+        assert out.shape[-2:] == activation.shape[-2:], (out.shape, activation.shape)
+        return out
