@@ -159,13 +159,15 @@ def test_legrad_swin_matches_the_formula(name):
     np.testing.assert_array_equal(default.explain(x, [Target(rank=2)]).maps, last)
 
 
-def test_legrad_swin_refuses_an_earlier_stage():
+def test_legrad_swin_refuses_an_earlier_stage_and_a_whole_stage():
     model = tiny_swin()
     loaded = LoadedModel(model, "swin", None, Preprocess(64, 64), None, torch.device("cpu"), 10)
     with pytest.raises(UsageError, match=r"must be in the last stage, e\.g\. norm or features\.3"):
         Explainer(loaded, method="legrad", layers=["features.1.0"]).explain(
             torch.randn(1, 3, 64, 64), [Target(rank=1)]
         )
+    with pytest.raises(UsageError, match=r"legrad on a Swin needs a block .* 'features\.3'"):
+        Explainer(loaded, method="legrad", layers=["features.3"])
 
 
 TINY_SWIN_V2 = """

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.models.swin_transformer import SwinTransformer
 
 from camcli.errors import UsageError
 from camcli.methods.base import CamContext, CamMethod, class_scores, require_context
@@ -108,13 +109,19 @@ class LeGrad(CamMethod):
                     f"features.{len(self.model.features) - 1}"
                 )
             return
+        if isinstance(self.model, SwinTransformer):
+            raise UsageError(
+                f"legrad on a Swin needs a block (a module with a windowed attn) at or above "
+                f"layer {layer!r}, e.g. norm or features.{len(self.model.features) - 1}.0"
+            )
         encoder = getattr(self.model, "encoder", None)
         heads = getattr(self.model, "heads", None)
         if attention_block(self.model, layer) is None or heads is None or encoder is None:
             raise UsageError(
                 f"legrad needs a torchvision VisionTransformer and a transformer block (a "
                 f"module with a self_attention) at or above layer {layer!r}, e.g. "
-                "encoder.layers.encoder_layer_11, or a torchvision SwinTransformer; for other models use --method gradcam"
+                "encoder.layers.encoder_layer_11, or a torchvision SwinTransformer; for other "
+                "models use --method gradcam"
             )
 
     def compute(
