@@ -82,13 +82,18 @@ def recorded_window_attention(block: nn.Module) -> Iterator[dict[str, Any]]:
     def keep_tokens(module: nn.Module, args: Any, output: torch.Tensor) -> None:
         store["tokens"] = output
 
-    attention.forward = keep_probabilities  # an instance attribute: the class is untouched
+    # An instance attribute, so the class is untouched; one set before (a wrapper) comes back.
+    previous = attention.__dict__.get("forward")
+    attention.forward = keep_probabilities
     handle = block.register_forward_hook(keep_tokens)
     try:
         yield store
     finally:
         handle.remove()
-        del attention.forward
+        if previous is None:
+            del attention.forward
+        else:
+            attention.forward = previous
 
 
 def windows_to_grid(
