@@ -108,6 +108,51 @@ def test_deletion_and_insertion_equal_torchcam(explained, tiny_model, steps):
     assert curves.auc(curves.deletion).mean() < curves.auc(curves.insertion).mean()
 
 
+def test_deletion_scores_the_shared_baseline_once(explained):
+    """A zero baseline is one input for the whole batch: 2 (K - 2) passes per image and one
+    more, where torchcam runs 2 (K - 2) + 1 per image; per-image baselines give the same
+    curves with one all-baseline pass each."""
+    explainer, inputs, saliency, classes, original = explained
+    steps = 7
+    points = len(perturbed_counts(64 * 64, steps))
+    counted: list[int] = []
+    shared = deletion_insertion(
+        Scorer(explainer, 16, counted.append), inputs, saliency, classes, original, steps
+    )
+    assert sum(counted) == N_IMAGES * 2 * (points - 2) + 1
+    counted.clear()
+    own = deletion_insertion(
+        Scorer(explainer, 16, counted.append),
+        inputs,
+        saliency,
+        classes,
+        original,
+        steps,
+        baseline=torch.zeros_like(inputs),
+    )
+    assert sum(counted) == N_IMAGES * (2 * (points - 2) + 1)
+    torch.testing.assert_close(shared.deletion, own.deletion, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared.insertion, own.insertion, atol=1e-5, rtol=0)
+
+
+def test_evaluate_reuses_the_explain_pass_probabilities(tiny_model):
+    """The curves' unperturbed end is the explain pass's softmax, equal to a scoring pass's."""
+    from camcli.evaluate.runner import _explain
+
+    explainer = Explainer(tiny_loaded(tiny_model), "gradcam")
+    images, _, _ = synthetic.dataset(N_IMAGES, seed=11)
+    views = list(images)
+
+    class View:
+        def __init__(self, view):
+            self.view = view
+
+    inputs, _, classes, original = _explain(explainer, [View(v) for v in views], Target(rank=1))
+    assert original is not None
+    expected = Scorer(explainer).probabilities(inputs, classes)
+    torch.testing.assert_close(original, expected, atol=1e-5, rtol=0)
+
+
 def test_average_drop_and_increase_equal_torchcam(explained, tiny_model):
     from torchcam.metrics import ClassificationMetric
 

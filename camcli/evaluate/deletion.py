@@ -64,7 +64,10 @@ def deletion_insertion(
 
     ``inputs`` (N, 3, H, W) normalised, ``saliency`` (N, H, W) at the input size, ``classes``
     (N,) and ``original`` (N,) their unperturbed probabilities (the curves' ends). The
-    all-baseline input, deletion's last point and insertion's first, is scored once.
+    all-baseline input, deletion's last point and insertion's first, is scored once per
+    image; with one baseline for all images (``None``: zeros, or a (1, 3, H, W) tensor) it is
+    the same input for every image, so one pass serves the whole batch (each image reads its
+    own class from that pass's distribution).
     """
     n = inputs.shape[0]
     positions = inputs.shape[2] * inputs.shape[3]
@@ -72,11 +75,12 @@ def deletion_insertion(
     ranks = ranks_of(saliency)
     base = torch.zeros_like(inputs) if baseline is None else baseline.expand_as(inputs)
     flat_inputs, flat_base = inputs.flatten(2), base.flatten(2)
+    shared = baseline is None or baseline.shape[0] == 1 or n == 1
     jobs = [
         (i, kind, point, count)
         for i in range(n)
         for kind, point, count in [
-            (ALL_BASELINE, len(counts) - 1, positions),
+            *([] if shared else [(ALL_BASELINE, len(counts) - 1, positions)]),
             *((k, p, c) for p, c in enumerate(counts[1:-1], 1) for k in (DELETION, INSERTION)),
         ]
     ]
@@ -97,6 +101,10 @@ def deletion_insertion(
     insertion = torch.empty_like(deletion)
     deletion[:, 0] = original
     insertion[:, -1] = original
+    if shared and n:
+        blank = scorer.distributions(base[:1])[0].to(device)[classes]
+        deletion[:, -1] = blank
+        insertion[:, 0] = blank
     for (i, kind, point, _), score in zip(jobs, scores.tolist(), strict=True):
         if kind == ALL_BASELINE:
             deletion[i, point] = score

@@ -142,14 +142,23 @@ def _batches(items: Sequence[Item], size: int) -> list[tuple[int, list[Item]]]:
 
 def _explain(
     explainer: Explainer, items: Sequence[Item], target: Target
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(inputs, raw maps (N, h, w), classes (N,)) for a batch of items."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(inputs, raw maps (N, h, w), classes (N,), their probabilities (N,) or None) for a
+    batch of items.
+
+    The probabilities are the explain pass's own ``softmax(f(x))_c``, the unperturbed point
+    of every curve, so it costs no extra pass; None where they are not that (another head)
+    or cannot be trusted (non-finite logits: the scorer then gives what it gives).
+    """
     loaded = explainer.loaded
     inputs = to_model_input(np.stack([item.view for item in items]), loaded)
     explanation = explainer.explain(inputs, [target])
     maps = torch.from_numpy(explanation.maps[:, 0]).to(loaded.device)
     classes = torch.from_numpy(explanation.class_indices[:, 0]).to(loaded.device)
-    return inputs, maps, classes
+    scores = None
+    if explainer.head.name == "softmax" and not any(explanation.problems or ()):
+        scores = torch.from_numpy(explanation.scores[:, 0]).to(loaded.device)
+    return inputs, maps, classes, scores
 
 
 class _CurveSums:
@@ -202,10 +211,11 @@ def faithfulness(
     curves = _CurveSums()
     all_maps = []
     for start, batch in _batches(items, settings.batch_size):
-        inputs, maps, classes = _explain(explainer, batch, settings.target)
+        inputs, maps, classes, original = _explain(explainer, batch, settings.target)
         all_maps.append(maps.cpu().numpy())
         saliency = at_input_size(maps, tuple(inputs.shape[-2:]))
-        original = scorer.probabilities(inputs, classes)
+        if original is None:
+            original = scorer.probabilities(inputs, classes)
         if "deletion" in families:
             found = deletion_insertion(scorer, inputs, saliency, classes, original, settings.steps)
             values["deletion_auc"] += found.auc(found.deletion).tolist()

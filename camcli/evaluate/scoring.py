@@ -35,15 +35,19 @@ class Scorer:
         self.chunk_size = max(1, int(chunk_size))
         self.passes = passes
 
-    def probabilities(self, inputs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) inputs and (B,) classes -> (B,) float32 probabilities, one pass."""
+    def distributions(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) inputs -> (B, C) float32 ``softmax(f(x))``, one pass."""
         with torch.inference_mode():
             # The explainer's forward for extra passes: eval mode, channels-last, autocast.
             logits = self.explainer._logits(inputs)
-            probs = torch.softmax(logits.float(), dim=1).gather(1, classes.view(-1, 1))
+            probs = torch.softmax(logits.float(), dim=1)
         if self.passes is not None:
             self.passes(int(inputs.shape[0]))
-        return probs.view(-1)
+        return probs
+
+    def probabilities(self, inputs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) inputs and (B,) classes -> (B,) float32 probabilities, one pass."""
+        return self.distributions(inputs).gather(1, classes.view(-1, 1)).view(-1)
 
     def run(self, count: int, build: Build) -> torch.Tensor:
         """Probabilities of ``count`` copies, ``build(slice)`` making each chunk on demand."""
