@@ -42,6 +42,54 @@ class Format(str, Enum):
     npy = "npy"
 
 
+# Options that ``run`` and ``evaluate`` share: one declaration each, so that both commands
+# take and describe them alike.
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="torchvision classifier name (camcli models), timm:NAME, hf:ID_OR_DIR, or "
+        "FILE.py:FACTORY.",
+    ),
+]
+WeightsOption = Annotated[
+    str,
+    typer.Option(
+        "--weights", "-w", help="DEFAULT, a weights enum value such as IMAGENET1K_V1, or none."
+    ),
+]
+CheckpointOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Your own state dict (.pt/.pth/.safetensors) for the architecture; loaded "
+        "with weights_only=True."
+    ),
+]
+NumClassesOption = Annotated[
+    int | None,
+    typer.Option(help="Size of the head for --checkpoint (inferred when omitted)."),
+]
+LabelsOption = Annotated[
+    Path | None, typer.Option(help="Class names, one per line, in class-index order.")
+]
+LayerOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--layer",
+        "-l",
+        help="Dotted module name (layer4, features.28); repeat to average several layers. "
+        "Default: chosen automatically (camcli layers MODEL).",
+        show_default=False,
+    ),
+]
+InputSizeOption = Annotated[
+    int | None,
+    typer.Option(help="Model input size in pixels (default: the weights' own).", min=16),
+]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+
+
 class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
@@ -134,48 +182,15 @@ def run(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output folder; directory trees are mirrored.")
     ] = Path("camcli-out"),
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            "-m",
-            help="torchvision classifier name (camcli models), timm:NAME, hf:ID_OR_DIR, or "
-            "FILE.py:FACTORY.",
-        ),
-    ] = "resnet50",
-    weights: Annotated[
-        str,
-        typer.Option(
-            "--weights", "-w", help="DEFAULT, a weights enum value such as IMAGENET1K_V1, or none."
-        ),
-    ] = "DEFAULT",
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            help="Your own state dict (.pt/.pth/.safetensors) for the architecture; loaded "
-            "with weights_only=True."
-        ),
-    ] = None,
-    num_classes: Annotated[
-        int | None,
-        typer.Option(help="Size of the head for --checkpoint (inferred when omitted)."),
-    ] = None,
-    labels: Annotated[
-        Path | None, typer.Option(help="Class names, one per line, in class-index order.")
-    ] = None,
+    model: ModelOption = "resnet50",
+    weights: WeightsOption = "DEFAULT",
+    checkpoint: CheckpointOption = None,
+    num_classes: NumClassesOption = None,
+    labels: LabelsOption = None,
     method: Annotated[
         str, typer.Option("--method", help="CAM method (camcli methods lists them).")
     ] = "gradcam",
-    layer: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--layer",
-            "-l",
-            help="Dotted module name (layer4, features.28); repeat to average several layers. "
-            "Default: chosen automatically (camcli layers MODEL).",
-            show_default=False,
-        ),
-    ] = None,
+    layer: LayerOption = None,
     target: Annotated[
         list[str] | None,
         typer.Option(
@@ -211,10 +226,7 @@ def run(
             "stretch: the whole image squashed to the input size."
         ),
     ] = Fit.crop,
-    input_size: Annotated[
-        int | None,
-        typer.Option(help="Model input size in pixels (default: the weights' own).", min=16),
-    ] = None,
+    input_size: InputSizeOption = None,
     batch_size: Annotated[
         str,
         typer.Option(
@@ -258,7 +270,7 @@ def run(
             show_default=False,
         ),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: DeviceOption = "auto",
     precision: Annotated[
         Precision,
         typer.Option(
@@ -691,39 +703,12 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="torchvision classifier name (camcli models).")
-    ] = "resnet50",
-    weights: Annotated[
-        str,
-        typer.Option(
-            "--weights", "-w", help="DEFAULT, a weights enum value such as IMAGENET1K_V1, or none."
-        ),
-    ] = "DEFAULT",
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            help="Your own state dict (.pt/.pth/.safetensors) for the architecture; loaded "
-            "with weights_only=True."
-        ),
-    ] = None,
-    num_classes: Annotated[
-        int | None,
-        typer.Option(help="Size of the head for --checkpoint (inferred when omitted)."),
-    ] = None,
-    labels: Annotated[
-        Path | None, typer.Option(help="Class names, one per line, in class-index order.")
-    ] = None,
-    layer: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--layer",
-            "-l",
-            help="Dotted module name (layer4, features.28); repeat to average several layers. "
-            "Default: chosen automatically (camcli layers MODEL).",
-            show_default=False,
-        ),
-    ] = None,
+    model: ModelOption = "resnet50",
+    weights: WeightsOption = "DEFAULT",
+    checkpoint: CheckpointOption = None,
+    num_classes: NumClassesOption = None,
+    labels: LabelsOption = None,
+    layer: LayerOption = None,
     target: Annotated[
         str,
         typer.Option("--target", "-t", help="The class explained: top1, topN, an index or a name."),
@@ -760,10 +745,7 @@ def evaluate(
             "to the input size."
         ),
     ] = Fit.crop,
-    input_size: Annotated[
-        int | None,
-        typer.Option(help="Model input size in pixels (default: the weights' own).", min=16),
-    ] = None,
+    input_size: InputSizeOption = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", "-b", help="Images explained per batch.", min=1)
     ] = 16,
@@ -781,7 +763,7 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: DeviceOption = "auto",
     precision: Annotated[
         Precision,
         typer.Option(help="Forward passes under autocast: bf16 or fp16; maps stay fp32."),
