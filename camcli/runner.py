@@ -80,29 +80,17 @@ def run_images(
         sources = select_sources(sources, config.shard)  # all of them without --shard
         # A file in the way, not writable, in use: exit 2 now.
         check_output_folder(config.out, config.shard)
-        loaded = load_model(
-            model,
-            weights=weights,
-            checkpoint=checkpoint,
-            num_classes=num_classes,
-            labels=labels,
-            device=driver_device,
-            input_size=input_size,
-            fit=fit,
-            progress=display.live,
-        )
+        # What builds the model and the explainer, once: the Ray actors rebuild them from the
+        # same arguments (on their own device) as the driver does here.
+        model_args = dict(name=model, weights=weights, checkpoint=checkpoint,
+                          num_classes=num_classes, labels=labels, device=device,
+                          input_size=input_size, fit=fit)  # fmt: skip
+        explainer_args = dict(method=method, layers=list(layers), aug_smooth=aug_smooth,
+                              eigen_smooth=eigen_smooth, chunk_size=chunk_size,
+                              precision=precision, score_threshold=score_threshold)  # fmt: skip
+        loaded = load_model(**{**model_args, "device": driver_device}, progress=display.live)
         apply_head(loaded, head)
-        explainer = Explainer(
-            loaded,
-            method=method,
-            layers=layers,
-            aug_smooth=aug_smooth,
-            eigen_smooth=eigen_smooth,
-            chunk_size=chunk_size,
-            progress=display.passes,
-            precision=precision,
-            score_threshold=score_threshold,
-        )
+        explainer = Explainer(loaded, **explainer_args, progress=display.passes)
         parsed = head_targets(
             loaded.head,
             targets,
@@ -127,13 +115,6 @@ def run_images(
                 from camcli.engines.batch import BatchWork
                 from camcli.engines.ray import ActorSetup, RayOptions, run_on_ray
 
-                model_args = dict(name=model, weights=weights, checkpoint=checkpoint,
-                                  num_classes=num_classes, labels=labels, device=device,
-                                  input_size=input_size, fit=fit)  # fmt: skip
-                explainer_args = dict(method=method, layers=list(layers), aug_smooth=aug_smooth,
-                                      eigen_smooth=eigen_smooth, chunk_size=chunk_size,
-                                      precision=precision,
-                                      score_threshold=score_threshold)  # fmt: skip
                 work = BatchWork(explainer, parsed, config, settings, name_layers=bool(layers))
                 setup = ActorSetup(model_args, explainer_args, parsed, config, settings,
                                    name_layers=bool(layers), head=loaded.head)  # fmt: skip
