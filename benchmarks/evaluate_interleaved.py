@@ -1,94 +1,192 @@
-"""``camcli evaluate``'s deletion/insertion against torchcam, interleaved, wall and CPU time.
+"""``camcli evaluate``'s deletion/insertion against torchcam, each run in its own process.
 
-The ``evaluate`` row of ``bench.py`` on a shared machine: camcli and torchcam alternate
-(ABBA...), each run reports its wall time and the process's CPU time (user + system), which
-the other tenants of a loaded machine disturb much less than the wall time.
+The ``evaluate`` row of ``bench.py``: Grad-CAM and then deletion and insertion with 20 steps
+and the zero baseline on resnet50 (random weights), 32 perturbed images per forward, on the
+same random 224 px images. Every run is a fresh process that builds the model and the
+inputs, then times one cold call (wall time and the process's CPU time, which the other
+tenants of a shared machine disturb much less, and the minor page faults); the contenders
+take turns (ABC, CBA, ...) so that drifts of the machine hit them alike.
 
-    python benchmarks/evaluate_interleaved.py --model resnet50 --images 4 --repeats 2
+Each contender runs as it ships: camcli with its huge-page CPU allocation
+(``camcli/hugepages.py``), torchcam with PyTorch's default allocation. ``torchcam-thp`` is
+torchcam with the same allocation as camcli (``THP_MEM_ALLOC_ENABLE=1``), to show how much of
+the difference is the allocation and how much is camcli's work.
+
+    python benchmarks/evaluate_interleaved.py --images 16 --repeats 3
+    python benchmarks/evaluate_interleaved.py --profile camcli --images 4   # where time goes
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import json
 import os
 import resource
+import statistics
+import subprocess
+import sys
 import time
-from functools import partial
-from pathlib import Path, PurePosixPath
 
-import numpy as np
-import torch
+CONTENDERS = ("camcli", "torchcam", "torchcam-thp")
+STEPS = 20
 
 
-def _cpu() -> float:
+def _usage() -> tuple[float, int]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime + usage.ru_stime, usage.ru_minflt
+
+
+def worker(name: str, model: str, n: int, chunk: int) -> dict[str, float]:
+    """Build the model and ``n`` images, time one cold run of contender ``name``."""
+    from functools import partial
+    from pathlib import Path, PurePosixPath
+
+    import numpy as np
+    import torch
+
+    from camcli.explain import to_model_input
+    from camcli.models import load_model
+
+    torch.manual_seed(0)
+    loaded = load_model(model, weights="none", device="cpu", progress=False)
+    views = np.random.default_rng(0).integers(0, 256, (n, 224, 224, 3), dtype=np.uint8)
+    if name == "camcli":
+        from camcli.evaluate.runner import Item, MethodResult, Settings, faithfulness
+        from camcli.explain import Explainer
+        from camcli.images import Box
+        from camcli.sources import Source
+
+        items = [
+            Item(
+                Source(Path(f"{i}.png"), PurePosixPath(f"{i}.png")),
+                views[i],
+                Box(0, 0, 224, 224),
+                (224, 224),
+            )
+            for i in range(n)
+        ]
+        explainer = Explainer(loaded, "gradcam", chunk_size=chunk)
+        settings = Settings(families=("deletion",), steps=STEPS, batch_size=n, chunk_size=chunk)
+        result = MethodResult("gradcam", explainer.layer_names)
+
+        def run() -> float:
+            faithfulness(explainer, items, settings, result, None, None)
+            return float(np.mean(result.values["insertion_auc"]))
+
+    else:
+        from torchcam.methods import GradCAM
+        from torchcam.metrics import DeletionInsertionMetric
+
+        # torchcam gets the model as torchvision builds it: NCHW (load_model made it channels-
+        # last) and batch norms unfolded (the Explainer that folds them is never built here).
+        tc_model = loaded.model.to(memory_format=torch.contiguous_format).eval()
+        x = to_model_input(views, loaded).contiguous()
+        metric = DeletionInsertionMetric(
+            GradCAM(tc_model, "layer4"),
+            partial(torch.softmax, dim=-1),
+            steps=STEPS,
+            batch_size=chunk,
+        )
+
+        def run() -> float:
+            metric.update(x)
+            return float(metric.summary()["insertion_auc"])
+
+    cpu, faults = _usage()
+    wall = time.perf_counter()
+    auc = run()
+    wall = time.perf_counter() - wall
+    cpu, faults = _usage()[0] - cpu, _usage()[1] - faults
+    return {"wall": wall, "cpu": cpu, "faults": faults, "insertion_auc": auc}
+
+
+def run_worker(name: str, model: str, n: int, chunk: int) -> dict[str, float]:
+    """One contender's run in a fresh process, its allocation set as it ships."""
+    env = dict(os.environ)
+    env.pop("THP_MEM_ALLOC_ENABLE", None)  # camcli: its own default
+    if name == "torchcam":
+        env["THP_MEM_ALLOC_ENABLE"] = "0"  # PyTorch's default, kept by camcli's import
+    elif name == "torchcam-thp":
+        env["THP_MEM_ALLOC_ENABLE"] = "1"
+    argv = [sys.executable, __file__, "--worker", name, "--model", model]
+    argv += ["--images", str(n), "--chunk", str(chunk)]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} run failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(
+    model: str = "resnet50",
+    n: int = 16,
+    repeats: int = 3,
+    chunk: int = 32,
+    contenders: tuple[str, ...] = CONTENDERS,
+    echo: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Median wall, CPU time and faults of each contender over ``repeats`` turns."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
+    for repeat in range(repeats):
+        order = contenders if repeat % 2 == 0 else tuple(reversed(contenders))
+        for name in order:
+            got = run_worker(name, model, n, chunk)
+            runs[name].append(got)
+            if echo:
+                print(
+                    f"  {name:13s} wall {got['wall']:7.1f} s   cpu {got['cpu']:7.1f} s   "
+                    f"faults {got['faults']:>9.0f}   load {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
+    return {
+        name: {key: statistics.median(r[key] for r in got) for key in got[0]}
+        for name, got in runs.items()
+    }
+
+
+def profile(name: str, model: str, n: int, chunk: int) -> None:
+    """The operators that take the time of one run (model building included), in this process."""
+    if name == "torchcam":
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "0"
+    elif name == "torchcam-thp":
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        print(json.dumps(worker(name, model, n, chunk)))
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet50")
-    parser.add_argument("--images", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunk", type=int, default=32)
+    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--profile", choices=CONTENDERS, help="one run of this contender under torch.profiler"
+    )
     args = parser.parse_args()
-
-    from torchcam.methods import GradCAM as TcGradCAM
-    from torchcam.metrics import DeletionInsertionMetric
-
-    from camcli.evaluate.runner import Item, MethodResult, Settings, faithfulness
-    from camcli.explain import Explainer, to_model_input
-    from camcli.images import Box
-    from camcli.models import load_model
-    from camcli.sources import Source
-
-    torch.manual_seed(0)
-    loaded = load_model(args.model, weights="none", device="cpu", progress=False)
-    # torchcam gets the model in its default form (NCHW, batch norms unfolded).
-    tc_model = copy.deepcopy(loaded.model).to(memory_format=torch.contiguous_format).eval()
-    n, chunk = args.images, args.chunk
-    views = np.random.default_rng(0).integers(0, 256, (n, 224, 224, 3), dtype=np.uint8)
-    x = to_model_input(views, loaded)
-    items = [
-        Item(
-            Source(Path(f"{i}.png"), PurePosixPath(f"{i}.png")),
-            views[i],
-            Box(0, 0, 224, 224),
-            (224, 224),
-        )
-        for i in range(n)
-    ]
-    explainer = Explainer(loaded, "gradcam", chunk_size=chunk)
-    settings = Settings(families=("deletion",), steps=20, batch_size=n, chunk_size=chunk)
-    metric = DeletionInsertionMetric(
-        TcGradCAM(tc_model, "layer4"), partial(torch.softmax, dim=-1), steps=20, batch_size=chunk
-    )
-
-    def camcli() -> None:
-        faithfulness(explainer, items, settings, MethodResult("gradcam", ["layer4"]), None, None)
-
-    def torchcam() -> None:
-        metric.reset()
-        metric.update(x)
-
-    contenders = {"camcli": camcli, "torchcam": torchcam}
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
-    print(f"{args.model}, {n} images, 20 steps, chunks of {chunk}; load {os.getloadavg()}")
-    for repeat in range(args.repeats):
-        order = list(contenders) if repeat % 2 == 0 else list(reversed(contenders))
-        for name in order:
-            wall, cpu = time.perf_counter(), _cpu()
-            contenders[name]()
-            wall, cpu = time.perf_counter() - wall, _cpu() - cpu
-            times[name].append((wall, cpu))
-            print(f"  {name:9s} wall {wall:7.1f} s   cpu {cpu:7.1f} s", flush=True)
-    ours, theirs = np.median(times["camcli"], axis=0), np.median(times["torchcam"], axis=0)
-    print(
-        f"medians: camcli wall {ours[0]:.1f} s cpu {ours[1]:.1f} s; torchcam wall "
-        f"{theirs[0]:.1f} s cpu {theirs[1]:.1f} s; speed-up wall {theirs[0] / ours[0]:.2f}x, "
-        f"cpu {theirs[1] / ours[1]:.2f}x; load {os.getloadavg()}"
-    )
+    if args.profile:
+        profile(args.profile, args.model, args.images, args.chunk)
+        return
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.model, args.images, args.chunk)))
+        return
+    contenders = tuple(args.contenders.split(","))
+    print(f"{args.model}, {args.images} images, {STEPS} steps, chunks of {args.chunk}")
+    medians = measure(args.model, args.images, args.repeats, args.chunk, contenders)
+    ours = medians.get("camcli")
+    for name, got in medians.items():
+        line = f"median {name:13s} wall {got['wall']:7.1f} s   cpu {got['cpu']:7.1f} s"
+        if ours and name != "camcli":
+            line += (
+                f"   camcli speed-up: wall {got['wall'] / ours['wall']:.2f}x, "
+                f"cpu {got['cpu'] / ours['cpu']:.2f}x"
+            )
+        print(line)
 
 
 if __name__ == "__main__":

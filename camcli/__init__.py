@@ -12,6 +12,11 @@ The small public Python API (imported lazily so that ``camcli --help`` stays qui
 
 from __future__ import annotations
 
+from camcli.hugepages import enable_huge_pages
+
+# Before torch is imported: PyTorch reads the setting at its first CPU allocation.
+enable_huge_pages()
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "explain", "explain_images", "load_model"]
