@@ -5,15 +5,18 @@ Nothing heavy is imported at module level, so ``camcli --help`` answers without 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+import click
 import typer
 
 from camcli import __version__
@@ -121,11 +124,6 @@ def _error(message: str) -> None:
     _stderr().print(f"[bold red]error:[/] {escape(one_line(message))}", emoji=False)
 
 
-def _fail(exc: CamcliError) -> NoReturn:
-    _error(exc.message)
-    raise typer.Exit(code=exc.exit_code) from None
-
-
 def _stdout_closed() -> NoReturn:
     """End quietly when the reader of stdout has gone (``--json | head -1``).
 
@@ -151,6 +149,33 @@ def _internal_error(exc: Exception) -> NoReturn:
     raise typer.Exit(code=EXIT_USAGE) from None
 
 
+@contextlib.contextmanager
+def _command_errors(*, interrupted: str = "", each_line: bool = False) -> Iterator[None]:
+    """The one place that turns what a command raises into what the user sees and its exit code.
+
+    A camcli error: ``error: message`` on stderr (one line, or each line of a multi-line
+    message with ``each_line``) and its exit code; stdout's reader gone (``| head -1``): quiet,
+    141; Ctrl-C or SIGTERM: ``interrupted`` (if any) and 130; anything else is a bug: one line
+    and 2 (the traceback with ``CAMCLI_DEBUG=1``). typer's and click's own exits pass through.
+    """
+    try:
+        yield
+    except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException):
+        raise
+    except CamcliError as exc:
+        for line in exc.message.splitlines() if each_line else [exc.message]:
+            _error(line)
+        raise typer.Exit(code=exc.exit_code) from None
+    except BrokenPipeError:
+        _stdout_closed()
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as camcli.signals.Interrupted
+        if interrupted:
+            _stderr().print(interrupted)
+        raise typer.Exit(code=getattr(exc, "exit_code", 130)) from None
+    except Exception as exc:
+        _internal_error(exc)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"camcli {__version__}")
@@ -170,6 +195,10 @@ def _main(
 
 
 @app.command()
+@_command_errors(
+    interrupted="interrupted: finished outputs and manifest.jsonl are kept; "
+    "rerun with --skip-existing to resume"
+)
 def run(
     paths: Annotated[
         list[str],
@@ -378,11 +407,8 @@ def run(
     from camcli.shards import parse_shard
     from camcli.stages.batchsize import parse_batch_size
 
-    try:
-        parsed_shard = None if shard is None else parse_shard(shard)
-        parsed_batch_size = parse_batch_size(batch_size)
-    except CamcliError as exc:
-        _fail(exc)
+    parsed_shard = None if shard is None else parse_shard(shard)
+    parsed_batch_size = parse_batch_size(batch_size)
     config = RunConfig(
         out=out,
         formats=tuple(dict.fromkeys(f.value for f in (fmt or [Format.jpg]))),
@@ -393,56 +419,44 @@ def run(
         max_pixels=max_pixels,  # None: camcli.images.DEFAULT_MAX_PIXELS
         shard=parsed_shard,
     )
-    try:
-        code = run_images(
-            paths,
-            config,
-            model=model,
-            weights=weights,
-            checkpoint=checkpoint,
-            num_classes=num_classes,
-            labels=labels,
-            method=method,
-            layers=layer or [],
-            targets=target or [],
-            top_k=top_k,
-            fit=fit.value,
-            input_size=input_size,
-            device=device,
-            precision=precision.value,
-            quiet=quiet,
-            json_lines=json_lines,
-            aug_smooth=aug_smooth,
-            eigen_smooth=eigen_smooth,
-            chunk_size=chunk_size,
-            engine=engine.value,
-            ray=(
-                RayOptions(address=ray_address, actors=ray_actors, num_gpus=num_gpus or 0.0)
-                if engine is Engine.ray or ray_address or ray_actors or num_gpus
-                else None
-            ),
-            report=report,
-            head=head,
-            threshold=threshold,
-            score_threshold=score_threshold,
-            concepts=concepts,
-        )
-    except CamcliError as exc:
-        _fail(exc)
-    except BrokenPipeError:
-        _stdout_closed()
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as camcli.signals.Interrupted
-        _stderr().print(
-            "interrupted: finished outputs and manifest.jsonl are kept; "
-            "rerun with --skip-existing to resume"
-        )
-        raise typer.Exit(code=getattr(exc, "exit_code", 130)) from None
-    except Exception as exc:
-        _internal_error(exc)
+    code = run_images(
+        paths,
+        config,
+        model=model,
+        weights=weights,
+        checkpoint=checkpoint,
+        num_classes=num_classes,
+        labels=labels,
+        method=method,
+        layers=layer or [],
+        targets=target or [],
+        top_k=top_k,
+        fit=fit.value,
+        input_size=input_size,
+        device=device,
+        precision=precision.value,
+        quiet=quiet,
+        json_lines=json_lines,
+        aug_smooth=aug_smooth,
+        eigen_smooth=eigen_smooth,
+        chunk_size=chunk_size,
+        engine=engine.value,
+        ray=(
+            RayOptions(address=ray_address, actors=ray_actors, num_gpus=num_gpus or 0.0)
+            if engine is Engine.ray or ray_address or ray_actors or num_gpus
+            else None
+        ),
+        report=report,
+        head=head,
+        threshold=threshold,
+        score_threshold=score_threshold,
+        concepts=concepts,
+    )
     raise typer.Exit(code=code)
 
 
 @app.command()
+@_command_errors()
 def layers(
     model: Annotated[
         str, typer.Argument(help="torchvision classifier name, timm:NAME or hf:ID_OR_DIR.")
@@ -455,15 +469,12 @@ def layers(
     ] = False,
 ) -> None:
     """List a model's layers: name, type, output shape, the grid it gives; marks the default."""
-    try:
-        from camcli.layers import known_default_layer, trace_layers
-        from camcli.models import load_model
+    from camcli.layers import known_default_layer, trace_layers
+    from camcli.models import load_model
 
-        loaded = load_model(model, weights="none", device="cpu", input_size=input_size)
-        infos, default = trace_layers(loaded.model, loaded.preprocess.crop_size, loaded.device)
-        default = known_default_layer(loaded.model) or default  # what `camcli run` picks
-    except CamcliError as exc:
-        _fail(exc)
+    loaded = load_model(model, weights="none", device="cpu", input_size=input_size)
+    infos, default = trace_layers(loaded.model, loaded.preprocess.crop_size, loaded.device)
+    default = known_default_layer(loaded.model) or default  # what `camcli run` picks
     if json_out:
         for info in infos:
             shape = list(info.shape) if info.shape else None
@@ -473,8 +484,9 @@ def layers(
             row.update(grid=grid, layout=layout, default=info.name == default)
             typer.echo(json.dumps(row))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from camcli.progress import StdoutConsole
 
     table = Table(title=f"{loaded.name} at {loaded.preprocess.crop_size} px", box=None)
     table.add_column("layer", overflow="fold")
@@ -486,10 +498,11 @@ def layers(
         mark = "default" if info.name == default else ""
         style = "bold green" if mark else None
         table.add_row(info.name, info.type, shape, grid, mark, style=style)
-    Console(soft_wrap=True).print(table)
+    StdoutConsole().print(table)
 
 
 @app.command()
+@_command_errors()
 def models(
     pattern: Annotated[
         str | None,
@@ -509,10 +522,7 @@ def models(
         source_models,
     )
 
-    try:
-        sourced = source_models(pattern) if pattern else None  # timm:*vit*
-    except CamcliError as exc:
-        _fail(exc)
+    sourced = source_models(pattern) if pattern else None  # timm:*vit*
     torchvision_names = classification_models() + segmentation_models() + detection_models()
     names = torchvision_names if sourced is None else sourced
     if pattern and sourced is None:
@@ -528,6 +538,7 @@ def models(
 
 
 @app.command()
+@_command_errors()
 def methods(
     json_out: Annotated[
         bool, typer.Option("--json", help="JSON lines instead of a table.")
@@ -541,18 +552,20 @@ def methods(
             row: dict[str, Any] = {"name": info.name, "needs_grad": info.needs_grad}
             typer.echo(json.dumps({**row, "summary": info.summary, "paper": info.paper}))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from camcli.progress import StdoutConsole
 
     table = Table(box=None)
     for column in ("method", "gradients", "what it computes", "paper"):
         table.add_column(column)
     for info in METHODS.values():
         table.add_row(info.name, "yes" if info.needs_grad else "no", info.summary, info.paper)
-    Console(soft_wrap=True).print(table)
+    StdoutConsole().print(table)
 
 
 @app.command()
+@_command_errors(each_line=True)
 def check(
     spec: Annotated[
         Path, typer.Argument(help="The spec file (TOML): the model and the cases to check.")
@@ -596,24 +609,17 @@ def check(
 
     Exit 0 when all pass, 1 when any fails, 2 for a bad spec (nothing is computed then).
     """
-    from rich.markup import escape
 
     from camcli.check import run_check
 
-    try:
-        code = run_check(
-            spec,
-            update_baselines=update_baselines,
-            junit=junit,
-            json_out=json_out,
-            save_failures_to=save_failures,
-            html_report=report,
-        )
-    except CamcliError as exc:
-        console = _stderr()
-        for line in exc.message.splitlines():
-            console.print(f"[bold red]error:[/] {escape(line)}")
-        raise typer.Exit(code=exc.exit_code) from None
+    code = run_check(
+        spec,
+        update_baselines=update_baselines,
+        junit=junit,
+        json_out=json_out,
+        save_failures_to=save_failures,
+        html_report=report,
+    )
     raise typer.Exit(code=code)
 
 
@@ -627,6 +633,7 @@ app.add_typer(manifest_app)
 
 
 @manifest_app.command("merge")
+@_command_errors()
 def manifest_merge(
     out: Annotated[Path, typer.Argument(help="The output folder the shards wrote into.")],
 ) -> None:
@@ -637,16 +644,12 @@ def manifest_merge(
     """
     from camcli.outfolder import MANIFEST, merge_manifest
 
-    try:
-        parts, records = merge_manifest(out)
-    except CamcliError as exc:
-        _fail(exc)
-    except Exception as exc:
-        _internal_error(exc)
+    parts, records = merge_manifest(out)
     typer.echo(f"merged {parts} parts ({records} records) into {out / MANIFEST}")
 
 
 @app.command("report")
+@_command_errors()
 def report_command(
     out: Annotated[Path, typer.Argument(help="The output folder of a camcli run.")],
 ) -> None:
@@ -657,12 +660,7 @@ def report_command(
     """
     from camcli.report.run import write_run_report
 
-    try:
-        path, shown, failed = write_run_report(out)
-    except CamcliError as exc:
-        _fail(exc)
-    except Exception as exc:
-        _internal_error(exc)
+    path, shown, failed = write_run_report(out)
     typer.echo(f"wrote {path} ({shown} inputs, {failed} failed)")
 
 
@@ -675,6 +673,7 @@ class Metric(str, Enum):
 
 
 @app.command()
+@_command_errors(each_line=True)
 def evaluate(
     paths: Annotated[
         list[str],
@@ -812,39 +811,25 @@ def evaluate(
         device=device,
         max_pixels=max_pixels,
     )
-    try:
-        code = run_evaluate(
-            paths,
-            method or ["gradcam", "randomcam", "sobel"],
-            options,
-            families=[m.value for m in metric] if metric else [m.value for m in Metric],
-            layers=layer or [],
-            target=target,
-            steps=steps,
-            stages=sanity_stages,
-            seed=seed,
-            batch_size=batch_size,
-            chunk_size=chunk_size,
-            precision=precision.value,
-            boxes=boxes,
-            output="json" if json_out else "csv" if csv_out else "table",
-            plots=plots,
-            report=report,
-            quiet=quiet,
-        )
-    except CamcliError as exc:
-        console = _stderr()
-        from rich.markup import escape
-
-        for line in exc.message.splitlines():
-            console.print(f"[bold red]error:[/] {escape(line)}")
-        raise typer.Exit(code=exc.exit_code) from None
-    except BrokenPipeError:
-        _stdout_closed()
-    except KeyboardInterrupt as exc:
-        raise typer.Exit(code=getattr(exc, "exit_code", 130)) from None
-    except Exception as exc:
-        _internal_error(exc)
+    code = run_evaluate(
+        paths,
+        method or ["gradcam", "randomcam", "sobel"],
+        options,
+        families=[m.value for m in metric] if metric else [m.value for m in Metric],
+        layers=layer or [],
+        target=target,
+        steps=steps,
+        stages=sanity_stages,
+        seed=seed,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        precision=precision.value,
+        boxes=boxes,
+        output="json" if json_out else "csv" if csv_out else "table",
+        plots=plots,
+        report=report,
+        quiet=quiet,
+    )
     raise typer.Exit(code=code)
 
 

@@ -38,6 +38,17 @@ if TYPE_CHECKING:
     from camcli.pipeline import Summary
 
 
+class StdoutConsole(Console):
+    """A rich console on stdout whose reader leaving (``camcli models | head -1``) raises
+    ``BrokenPipeError``, for the CLI to end quietly with 141 (rich itself would exit 1)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(soft_wrap=True, **kwargs)
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
 def one_line(text: str) -> str:
     """``text`` with its line breaks turned into spaces: every message is one line."""
     return " ".join(part.strip() for part in text.splitlines() if part.strip())

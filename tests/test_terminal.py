@@ -16,6 +16,7 @@ import threading
 import warnings
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -241,3 +242,55 @@ def test_rate_and_eta_are_whole_run_figures_and_passes_are_counted_as_passes():
         display.passes(16, 64)
         clock.now = 110.0
         assert shown(display)[1] == "forward passes 16/64 14.4 passes/s 0:00:10 eta 0:00:03"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["models"],
+        ["methods"],
+        ["methods", "--json"],
+        ["layers", "resnet18"],
+        ["layers", "resnet18", "--json"],
+    ],
+    ids=" ".join,
+)
+def test_every_listing_into_a_closed_pipe_ends_quietly_with_141(args):
+    """`camcli models | head -1`: the reader is gone before the first line (its end of the
+    pipe is closed before camcli starts), as when head has read what it wanted."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    done = subprocess.run(
+        camcli_command(*args), stdin=subprocess.DEVNULL, stdout=write_end,
+        stderr=subprocess.PIPE, cwd=ROOT, env=camcli_env(), timeout=300, check=False,
+    )  # fmt: skip
+    os.close(write_end)
+    assert done.returncode == 141, done.stderr.decode()
+    assert done.stderr.decode() == ""  # no traceback, no "Exception ignored"
+
+
+def test_every_command_maps_errors_in_one_place(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    """A bug in check, evaluate's library or a listing: one line and exit 2, no traceback; a
+    camcli error: its message and code; a command's own exit code passes through."""
+    import camcli.check
+    import camcli.evaluate
+
+    def bug(*args, **kwargs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(camcli.check, "run_check", bug)
+    monkeypatch.setattr(camcli.evaluate, "run_evaluate", bug)
+    spec = tmp_path / "spec.toml"
+    spec.write_text("")
+    for args in (["check", str(spec)], ["evaluate", str(tmp_path)]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip() == (
+            "error: internal error: ValueError: boom (set CAMCLI_DEBUG=1 for the traceback)"
+        )
+    result = CliRunner().invoke(app, ["models", "no-such-model"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "no model matches 'no-such-model'"
+    result = CliRunner().invoke(app, ["manifest", "merge", str(tmp_path / "missing")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ") and "missing" in result.stderr

@@ -29,7 +29,7 @@ from camcli.evaluate.runner import FAMILIES, Evaluation, Settings, evaluate_meth
 from camcli.explain import parse_targets
 from camcli.methods import get_method_class
 from camcli.models import load_model
-from camcli.progress import one_line
+from camcli.progress import StdoutConsole, one_line
 from camcli.sources import collect_sources
 from camcli.spec import read_boxes
 
@@ -161,9 +161,9 @@ def run_evaluate(
         sys.stdout.write(report_csv(evaluation))
     else:
         # Piped or redirected, the table keeps its whole width rather than rich's 80 columns.
-        screen = Console(soft_wrap=True)
+        screen = StdoutConsole()
         if not screen.is_terminal:
-            screen = Console(soft_wrap=True, width=400)
+            screen = StdoutConsole(width=400)
         screen.print(table(evaluation))
     sys.stdout.flush()
     if errors and not quiet:
