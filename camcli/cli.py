@@ -470,10 +470,17 @@ def layers(
 ) -> None:
     """List a model's layers: name, type, output shape, the grid it gives; marks the default."""
     from camcli.layers import known_default_layer, trace_layers
-    from camcli.models import load_model
+    from camcli.models import input_too_small, load_model
 
     loaded = load_model(model, weights="none", device="cpu", input_size=input_size)
-    infos, default = trace_layers(loaded.model, loaded.preprocess.crop_size, loaded.device)
+    size = loaded.preprocess.crop_size
+    try:
+        infos, default = trace_layers(loaded.model, size, loaded.device)
+    except RuntimeError as exc:
+        too_small = input_too_small(exc, size, loaded.name)
+        if too_small is None:
+            raise
+        raise too_small from None
     default = known_default_layer(loaded.model) or default  # what `camcli run` picks
     if json_out:
         for info in infos:

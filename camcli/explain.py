@@ -19,7 +19,7 @@ from camcli.hooks import ActivationRecorder
 from camcli.layers import default_layer, resolve_layer
 from camcli.methods import get_method_class
 from camcli.methods.base import CamContext, CamMethod, Progress
-from camcli.models import LoadedModel, fold_batchnorms, is_out_of_memory
+from camcli.models import LoadedModel, fold_batchnorms, input_too_small, is_out_of_memory
 from camcli.targets import Chosen, Target, extract_logits, make_head
 
 __all__ = [
@@ -255,6 +255,9 @@ class Explainer:
             # The checks compare exact maths (CAM's head against the logits): full precision.
             activations, logits = self._forward(probe, autocast=False)
         except (RuntimeError, MemoryError) as exc:
+            too_small = input_too_small(exc, size, loaded.name)
+            if too_small is not None:
+                raise too_small from None
             if not is_out_of_memory(exc):
                 raise
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -253,6 +253,14 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(
             ["--model", "resnet18", "--weights", "none", "--device", "cuda:7"],
             "device 'cuda:7' requested",
         ),
+        (  # the feature map shrinks below a pooling window (an internal error before)
+            ["--model", "alexnet", "--weights", "none", "--input-size", "16"],
+            "16 px is too small an input for alexnet (Given input size: (192x1x1)",
+        ),
+        (  # SSD300's extra layers need 300 px (an internal error before)
+            ["--model", "ssd300_vgg16", "--weights", "none", "--input-size", "64"],
+            "64 px is too small an input for ssd300_vgg16 (Calculated padded input size",
+        ),
     ],
 )
 def test_setup_errors_exit_2_with_one_line_and_write_nothing(args, message, tmp_path):
@@ -263,6 +271,14 @@ def test_setup_errors_exit_2_with_one_line_and_write_nothing(args, message, tmp_
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_layers_names_an_input_too_small_for_the_model():
+    result = invoke("layers", "ssd300_vgg16", "--input-size", "64")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: 64 px is too small an input for ssd300_vgg16 (")
+    assert "use a larger --input-size" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_bad_checkpoints_exit_2(tmp_path):  # a missing input: tests/test_hostile.py

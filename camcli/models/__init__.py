@@ -21,7 +21,12 @@ from camcli.models.detection import detection_models, load_detection
 from camcli.models.devices import resolve_device
 from camcli.models.labels import read_labels
 from camcli.models.loaded import LoadedModel, head_layer, out_features
-from camcli.models.memory import available_memory, check_memory, is_out_of_memory
+from camcli.models.memory import (
+    available_memory,
+    check_memory,
+    input_too_small,
+    is_out_of_memory,
+)
 from camcli.models.segmentation import load_segmentation, segmentation_models
 from camcli.models.sources import find_source, load_source_model, source_models
 from camcli.models.speed import fold_batchnorms, use_channels_last
@@ -36,6 +41,7 @@ __all__ = [
     "detection_models",
     "fold_batchnorms",
     "head_layer",
+    "input_too_small",
     "is_out_of_memory",
     "load_model",
     "out_features",

@@ -31,6 +31,29 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
+# What PyTorch's layers say when the feature map has shrunk below a kernel or pooling window.
+_TOO_SMALL = (
+    "kernel size can't be greater than actual input size",
+    "output size is too small",
+    "input image is smaller than kernel",
+    "padding size should be less than",
+    "pad should be smaller than",
+)
+
+
+def input_too_small(exc: BaseException, size: int, model: str) -> UsageError | None:
+    """The error to show when ``exc`` says the input is too small for the model (a kernel
+    larger than the feature map it reaches: the user's ``--input-size``, not a fault of the
+    model); None for any other exception."""
+    text = str(exc).strip()
+    if not isinstance(exc, RuntimeError) or not any(w in text.lower() for w in _TOO_SMALL):
+        return None
+    return UsageError(
+        f"{size} px is too small an input for {model} ({text.splitlines()[0]}); use a larger "
+        "--input-size, or leave it out for the model's own size"
+    )
+
+
 def available_memory(device: torch.device) -> int | None:
     """Bytes free for new tensors on ``device``; None where that cannot be known (MPS)."""
     if device.type == "cuda":
