@@ -49,10 +49,18 @@ class RunConfig:
 
 
 def run_settings(
-    explainer: Explainer, config: RunConfig, checkpoint: Path | None = None
+    explainer: Explainer,
+    config: RunConfig,
+    checkpoint: Path | None = None,
+    targets: Sequence[Target] = (),
 ) -> dict[str, Any]:
     """What decides the pixels of a run's outputs; ``--skip-existing`` redoes an image whose
-    records were made with other settings. The checkpoint counts by path, size and mtime."""
+    records were made with other settings. The checkpoint counts by path, size and mtime.
+
+    Under a head whose targets can be absent from an image (a label under ``--threshold``, no
+    such box), the targets asked for and their threshold count too: an image done with the
+    same ones and no record for a target did not have it, and is not redone for it.
+    """
     loaded = explainer.loaded
     preprocess = loaded.preprocess
     settings: dict[str, Any] = {
@@ -73,6 +81,11 @@ def run_settings(
         settings["head"] = head.name
         if isinstance(head, DetectionHead):
             settings["score_threshold"] = head.score_threshold
+        if targets:
+            settings["targets"] = [t.tag for t in targets]
+            thresholds = sorted({t.threshold for t in targets if t.threshold is not None})
+            if thresholds:
+                settings["threshold"] = thresholds[0] if len(thresholds) == 1 else thresholds
     if checkpoint is not None:
         stat = Path(checkpoint).stat()
         settings["checkpoint"] = {
@@ -122,7 +135,8 @@ class Pipeline:
         self.config = config
         self.on_record = on_record
         self.on_progress = on_progress
-        settings = settings if settings is not None else run_settings(explainer, config)
+        if settings is None:
+            settings = run_settings(explainer, config, targets=targets)
         # What one batch becomes (load, explain, write) is the engines' shared per-batch work.
         self.work = BatchWork(explainer, targets, config, settings, name_layers=name_layers)
 

@@ -110,7 +110,7 @@ def run_images(
         resume_gc()
 
         with display.running(f"{explainer.method_name} {loaded.name}", total=len(sources)):
-            settings = run_settings(explainer, config, checkpoint)
+            settings = run_settings(explainer, config, checkpoint, parsed)
             if engine == "ray":
                 from camcli.engines.batch import BatchWork
                 from camcli.engines.ray import ActorSetup, RayOptions, run_on_ray

@@ -169,3 +169,42 @@ def test_cli_binary_and_multilabel(tmp_path):
     wrong = run("w", "--num-classes", "3", "--head", "binary")
     assert wrong.exit_code == 2
     assert "error: --head binary needs a model with one output; this one has 3" in wrong.stderr
+
+
+def test_skip_existing_keeps_images_whose_targets_were_absent(tmp_path):
+    """A multi-label run where some labels (or none) reach --threshold, rerun with
+    --skip-existing: nothing is redone (every image was redone before); another threshold
+    redoes them."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        random_image(folder / f"{i}.png", size=(40, 40), seed=i)
+    common = ["--model", SYNTHETIC_MODEL, "--weights", "none", "--input-size", "32",
+              "--device", "cpu", "--json", "--quiet", "--num-classes", "3",
+              "--head", "multilabel", "--format", "npy"]  # fmt: skip
+    runner = CliRunner()
+
+    def run(out: str, *args: str) -> list[dict]:
+        result = runner.invoke(app, ["run", str(folder), "--out", str(tmp_path / out),
+                                     *common, *args])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    scores = sorted(r["score"] for r in run("all", "--threshold", "0"))
+    middle = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2
+    for threshold in (str(middle), "1"):
+        out = f"t{threshold}"
+        first = run(out, "--threshold", threshold)
+        if threshold == "1":
+            assert {r["warning"] for r in first} == {"no label reaches --threshold"}
+        else:
+            assert 0 < sum(len(r["outputs"]) for r in first) < 9  # some labels, not all
+        files = {p: p.stat().st_mtime_ns for p in (tmp_path / out).rglob("*.npy")}
+        again = run(out, "--threshold", threshold, "--skip-existing")
+        assert [r["skipped"] for r in again] == [True] * len(first)
+        assert [{**r, "skipped": None} for r in again] == [{**r, "skipped": None} for r in first]
+        assert {p: p.stat().st_mtime_ns for p in (tmp_path / out).rglob("*.npy")} == files
+    # Another threshold decides presence anew: every image is redone.
+    other = run(f"t{middle}", "--threshold", "0", "--skip-existing")
+    assert not any(r.get("skipped") for r in other)
+    assert len(other) == 9

@@ -189,22 +189,44 @@ class BatchWork:
 
     def skipped(self, plan: Plan, previous: Mapping[Key, Record]) -> list[Record] | None:
         """The records of a source whose outputs all exist and were made with these settings
-        (their earlier predictions kept), or None: redo it."""
-        records = []
+        (their earlier predictions kept), or None: redo it.
+
+        A target with no record was absent from the image (no such box, a label under the
+        threshold) when the settings name the targets (heads that can miss one,
+        ``run_settings``) and the image has a record made with them: an image's records reach
+        the manifest together, in one write. An image that had none of its targets has the one
+        record that says so.
+        """
+        source, method = str(plan.source.path), self.explainer.method_name
+        records, missing = [], 0
         for tag, paths in plan.paths.items():
             outputs = [str(p) for p in paths.values()]
-            key = (str(plan.source.path), self.explainer.method_name, self.layer, tag)
-            earlier = previous.get(key)
+            earlier = previous.get((source, method, self.layer, tag))
+            if earlier is None:
+                missing += 1
+                continue
             if (
-                earlier is None
-                or earlier.get("status") != "ok"
+                earlier.get("status") != "ok"
                 or earlier.get("settings") != self.settings
                 or not set(outputs) <= set(earlier.get("outputs") or ())
                 or not all(p.exists() for p in paths.values())
             ):
                 return None
             records.append({**earlier, "outputs": outputs, "skipped": True})
-        return records
+        if not missing:
+            return records
+        if "targets" not in self.settings:
+            return None  # never done
+        if records:
+            return records  # the rest were absent
+        nothing = previous.get((source, method, self.layer, None))
+        if (
+            nothing is None
+            or nothing.get("status") != "ok"
+            or nothing.get("settings") != self.settings
+        ):
+            return None
+        return [{**nothing, "skipped": True}]
 
     def write(self, item: Loaded, plan: Plan, maps: np.ndarray, classes: np.ndarray,
               scores: np.ndarray, saliency: np.ndarray | None = None,
