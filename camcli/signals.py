@@ -53,3 +53,36 @@ def interrupts_raise() -> contextlib.AbstractContextManager[None]:
 def interrupts_ignored() -> contextlib.AbstractContextManager[None]:
     """While inside, SIGINT and SIGTERM are ignored: clean-up a second Ctrl-C must not cut."""
     return _handlers(signal.SIG_IGN)
+
+
+class Deferred:
+    """The first SIGINT or SIGTERM that came inside ``interrupts_deferred``, if any."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def check(self) -> None:
+        """Raise ``Interrupted`` for the signal that came, if one did."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+
+def interrupts_deferred() -> contextlib.AbstractContextManager[Deferred]:
+    """While inside, the first SIGINT or SIGTERM is only noted (``Deferred.signum``; later ones
+    are ignored) for the caller to stop where it chooses (``check``): for a loop over code that
+    must not see an exception at an arbitrary point (Ray's client: a shutdown after one that
+    lands inside it can end the process with status 1 before camcli says anything)."""
+    return _deferred()
+
+
+@contextlib.contextmanager
+def _deferred() -> Iterator[Deferred]:
+    deferred = Deferred()
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        for s in HANDLED:
+            signal.signal(s, signal.SIG_IGN)
+        deferred.signum = signum
+
+    with _handlers(note):
+        yield deferred

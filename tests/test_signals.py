@@ -19,6 +19,7 @@ from camcli.explain import Explainer, Target
 from camcli.models import load_model
 from camcli.outfolder import MANIFEST
 from camcli.pipeline import Pipeline, RunConfig
+from camcli.signals import Interrupted, interrupts_deferred
 from camcli.sources import collect_sources
 from conftest import ROOT, tiny_args
 
@@ -154,3 +155,23 @@ def test_the_signal_handlers_are_the_processes_own_again_after_a_run(tiny_explai
     config = RunConfig(out=tmp_path / "out", formats=("npy",), batch_size=8, workers=1)
     Pipeline(tiny_explainer, [Target(rank=1)], config).run(collect_sources([str(forty)]))
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_deferred_interrupts_are_noted_then_raised_where_the_caller_chooses():
+    """The Ray engine's loop: a signal inside is only noted (a second one ignored), ``check``
+    raises it as ``Interrupted`` with 128 + its number, and the handlers come back after."""
+    before = signal.getsignal(signal.SIGINT)
+    with interrupts_deferred() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)  # ignored: the first one decides
+        for _ in range(100):  # Python runs handlers between bytecodes
+            if stop.signum is not None:
+                break
+        assert stop.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(Interrupted) as caught:
+        stop.check()
+    assert caught.value.exit_code == 143
+    with interrupts_deferred() as calm:
+        pass
+    calm.check()  # no signal: nothing raised

@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from camcli.explain import Explainer, Target, parse_targets
 from camcli.images import Box, Preprocess, model_view, to_rgb
 from camcli.outfolder import OutputFolder, Record
 from camcli.pipeline import RunConfig, Summary
-from camcli.signals import interrupts_ignored, interrupts_raise
+from camcli.signals import interrupts_deferred, interrupts_ignored
 from camcli.sources import Source
 from camcli.writers import encode_image, json_line
 
@@ -270,18 +271,57 @@ def run_on_ray(
             else:
                 todo.append(_item(index, source))
         if todo:
-            stack.enter_context(_connected(ray, options))
-            stack.enter_context(interrupts_raise())
-            for records in _records(ray, todo, work, setup, options):
-                emit(records)
+            done = 0
+            # A signal stops the run between batches, never inside Ray's client (whose
+            # shutdown after an exception inside it can end the process with status 1).
+            with _connected(ray, options):
+                with (
+                    interrupts_deferred() as stop,
+                    contextlib.closing(_records(ray, todo, work, setup, options)) as batches,
+                ):
+                    for batch in batches:
+                        for records in batch:
+                            emit(records)
+                        done += len(batch)
+                        if stop.signum is not None:
+                            break
+                if stop.signum is not None:
+                    # The iterator is closed, but the pool's actors may still be finishing the
+                    # batches in flight: let them, before Ray shuts down. A shutdown racing
+                    # them ended the driver with status 1 (no message, no 130) in 2 of 9
+                    # interrupted runs here, none of 10 with this pause (docs/scale.md).
+                    time.sleep(_SETTLE_S)
+                    left = [sources[item["index"]] for item in todo[done:]]
+                    _remove_unrecorded(folder, work, left)
+            if stop.signum is not None:
+                # Again with the actors gone (files they wrote during the shutdown).
+                _remove_unrecorded(folder, work, left)
+            stop.check()
         folder.compact()
     return summary
 
 
+#: Seconds an interrupted run waits between stopping Ray Data's pool and shutting Ray down.
+_SETTLE_S = 1.0
+
+
+def _remove_unrecorded(folder: OutputFolder, work: BatchWork, sources: Sequence[Source]) -> None:
+    """After an interrupt, the outputs of ``sources`` (inputs whose records never came back:
+    their batch was in flight) that no manifest record lists: every file keeps its record."""
+    listed = {out for record in folder.previous().values() for out in record.get("outputs") or ()}
+    for source in sources:
+        for paths in work.plan(source).paths.values():
+            for path in paths.values():
+                if str(path) not in listed:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+
+
 def _records(
     ray: Any, items: list[dict[str, Any]], work: BatchWork, setup: ActorSetup, options: RayOptions
-) -> Iterator[list[Record]]:
-    """Per input, its records, in input order, as the actors finish them."""
+) -> Iterator[list[list[Record]]]:
+    """Per batch, the records of each of its inputs, in input order, as the actors finish
+    them."""
     from ray.data import ActorPoolStrategy, DataContext
 
     # Ray Data's console log narrates the execution plan and tunes; camcli's own display says
@@ -325,8 +365,9 @@ def _records(
     batches = dataset.iter_batches(batch_size=None, batch_format="numpy")
     try:
         for batch in batches:
-            for text in batch["records"]:
-                yield [json.loads(line) for line in str(text).split("\n")]
+            yield [
+                [json.loads(line) for line in str(text).split("\n")] for text in batch["records"]
+            ]
     except ray.exceptions.RayError as exc:
         reason = str(exc).strip().splitlines()
         raise CamcliError(
