@@ -46,7 +46,7 @@ class Format(str, Enum):
 
 
 # Options that ``run`` and ``evaluate`` share: one declaration each, so that both commands
-# take and describe them alike.
+# take and describe them alike (those over the enums below follow them).
 ModelOption = Annotated[
     str,
     typer.Option(
@@ -107,6 +107,33 @@ class Fit(str, Enum):
 class Engine(str, Enum):
     local = "local"
     ray = "ray"
+
+
+FitOption = Annotated[
+    Fit,
+    typer.Option(
+        help="crop: the model's resize + centre crop (the map covers what the model saw); "
+        "stretch: the whole image squashed to the input size."
+    ),
+]
+MaxPixelsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-pixels",
+        help="Refuse (as that file's error) an image of more than N pixels (width x "
+        "height); 0: no limit. Default: 100000000 (100 megapixels).",
+        metavar="N",
+        min=0,
+        show_default=False,
+    ),
+]
+PrecisionOption = Annotated[
+    Precision,
+    typer.Option(
+        help="Forward passes under autocast: bf16 (fast on CPUs with AVX512-BF16/AMX and on "
+        "GPUs) or fp16 (GPUs). Maps are always computed in fp32."
+    ),
+]
 
 
 def _stderr():
@@ -248,13 +275,7 @@ def run(
     colormap: Annotated[
         str, typer.Option(help="Any OpenCV colormap name (jet, viridis, turbo, inferno...).")
     ] = "jet",
-    fit: Annotated[
-        Fit,
-        typer.Option(
-            help="crop: the model's resize + centre crop, heat only where the model looked; "
-            "stretch: the whole image squashed to the input size."
-        ),
-    ] = Fit.crop,
+    fit: FitOption = Fit.crop,
     input_size: InputSizeOption = None,
     batch_size: Annotated[
         str,
@@ -288,25 +309,9 @@ def run(
             min=1,
         ),
     ] = 32,
-    max_pixels: Annotated[
-        int | None,
-        typer.Option(
-            "--max-pixels",
-            help="Refuse (as that file's error) an image of more than N pixels (width x "
-            "height); 0: no limit. Default: 100000000 (100 megapixels).",
-            metavar="N",
-            min=0,
-            show_default=False,
-        ),
-    ] = None,
+    max_pixels: MaxPixelsOption = None,
     device: DeviceOption = "auto",
-    precision: Annotated[
-        Precision,
-        typer.Option(
-            help="Forward pass under autocast: bf16 (fast on CPUs with AVX512-BF16/AMX and on "
-            "GPUs) or fp16 (GPUs). Maps are always computed in fp32."
-        ),
-    ] = Precision.fp32,
+    precision: PrecisionOption = Precision.fp32,
     skip_existing: Annotated[
         bool, typer.Option(help="Skip inputs whose outputs all exist (resume a run).")
     ] = False,
@@ -744,13 +749,7 @@ def evaluate(
             help="Seed of ROAD's noise, the randomised models and the bootstrap intervals."
         ),
     ] = 0,
-    fit: Annotated[
-        Fit,
-        typer.Option(
-            help="crop: the model's resize + centre crop; stretch: the whole image squashed "
-            "to the input size."
-        ),
-    ] = Fit.crop,
+    fit: FitOption = Fit.crop,
     input_size: InputSizeOption = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", "-b", help="Images explained per batch.", min=1)
@@ -759,21 +758,9 @@ def evaluate(
         int,
         typer.Option("--chunk-size", help="Perturbed inputs per forward pass.", min=1),
     ] = 32,
-    max_pixels: Annotated[
-        int | None,
-        typer.Option(
-            "--max-pixels",
-            help="Refuse (as that file's error) an image of more than N pixels; 0: no limit.",
-            metavar="N",
-            min=0,
-            show_default=False,
-        ),
-    ] = None,
+    max_pixels: MaxPixelsOption = None,
     device: DeviceOption = "auto",
-    precision: Annotated[
-        Precision,
-        typer.Option(help="Forward passes under autocast: bf16 or fp16; maps stay fp32."),
-    ] = Precision.fp32,
+    precision: PrecisionOption = Precision.fp32,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the results as one JSON object on stdout.")
     ] = False,
