@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +79,19 @@ def samples(tmp_path: Path) -> Path:
     target = tmp_path / "samples"
     shutil.copytree(SAMPLES, target, ignore=shutil.ignore_patterns("*.md"))
     return target
+
+
+def camcli_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``python -m camcli ARGS`` in a subprocess from the repository, one OpenMP thread, ``env``
+    over this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "camcli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+        timeout=600,
+    )
 
 
 def random_image(path: Path, size=(80, 60), mode="RGB", seed: int = 0) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +21,7 @@ from camcli.errors import UsageError
 from camcli.explain import Explainer, Target, to_model_input
 from camcli.images import model_view
 from camcli.models import load_model
-from conftest import ROOT, random_image
+from conftest import camcli_cli, random_image
 
 transformers = pytest.importorskip("transformers")  # the test extra; camcli[hf] for users
 from pytorch_grad_cam import GradCAM  # noqa: E402
@@ -261,17 +260,6 @@ def hub_snapshot(cache: Path, repo: str, source: Path) -> None:
     snapshot.mkdir(parents=True)
     for file in source.iterdir():
         (snapshot / file.name).write_bytes(file.read_bytes())
-
-
-def camcli_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "camcli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
-        timeout=600,
-    )
 
 
 def test_cli_hub_id_from_the_cache_offline_and_the_uncached_error(saved, offline_hub, tmp_path):

@@ -4,8 +4,6 @@ checkpoint weights, preprocessing, labels, layers, token reshapes against pytorc
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from camcli.errors import UsageError
 from camcli.explain import Explainer, Target
 from camcli.layers import spatial_layout, token_prefix
 from camcli.models import LoadedModel, load_model
-from conftest import ROOT, random_image
+from conftest import camcli_cli, random_image
 
 timm = pytest.importorskip("timm")  # the test extra installs it; camcli[timm] for users
 from pytorch_grad_cam import GradCAM  # noqa: E402
@@ -69,17 +67,6 @@ def marked_resnet18(path: Path) -> dict[str, torch.Tensor]:
     state["fc.bias"] = torch.arange(1000, dtype=torch.float32) / 1000
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return state
-
-
-def camcli_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "camcli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
-        timeout=600,
-    )
 
 
 def test_pretrained_weights_load_from_the_hub_cache_offline(hf_cache, tmp_path):
