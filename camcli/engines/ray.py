@@ -271,7 +271,7 @@ def run_on_ray(
             else:
                 todo.append(_item(index, source))
         if todo:
-            done = 0
+            done, unrecorded = 0, []
             # A signal stops the run between batches, never inside Ray's client (whose
             # shutdown after an exception inside it can end the process with status 1).
             with _connected(ray, options):
@@ -292,10 +292,9 @@ def run_on_ray(
                     # interrupted runs here, none of 10 with this pause (docs/scale.md).
                     time.sleep(_SETTLE_S)
                     left = [sources[item["index"]] for item in todo[done:]]
-                    _remove_unrecorded(folder, work, left)
-            if stop.signum is not None:
-                # Again with the actors gone (files they wrote during the shutdown).
-                _remove_unrecorded(folder, work, left)
+                    unrecorded = _unrecorded_outputs(folder, work, left)
+                    _remove(unrecorded)
+            _remove(unrecorded)  # again with the actors gone: files they wrote during shutdown
             stop.check()
         folder.compact()
     return summary
@@ -305,16 +304,26 @@ def run_on_ray(
 _SETTLE_S = 1.0
 
 
-def _remove_unrecorded(folder: OutputFolder, work: BatchWork, sources: Sequence[Source]) -> None:
-    """After an interrupt, the outputs of ``sources`` (inputs whose records never came back:
-    their batch was in flight) that no manifest record lists: every file keeps its record."""
+def _unrecorded_outputs(
+    folder: OutputFolder, work: BatchWork, sources: Sequence[Source]
+) -> list[Path]:
+    """After an interrupt, the output paths of ``sources`` (inputs whose records never came
+    back: their batch was in flight) that no manifest record lists; removed, every file on
+    disk keeps its record."""
     listed = {out for record in folder.previous().values() for out in record.get("outputs") or ()}
-    for source in sources:
-        for paths in work.plan(source).paths.values():
-            for path in paths.values():
-                if str(path) not in listed:
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
+    return [
+        path
+        for source in sources
+        for paths in work.plan(source).paths.values()
+        for path in paths.values()
+        if str(path) not in listed
+    ]
+
+
+def _remove(paths: Sequence[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _records(
