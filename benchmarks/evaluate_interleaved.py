@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import MutableMapping
 
 CONTENDERS = ("camcli", "torchcam", "torchcam-thp")
 STEPS = 20
@@ -100,14 +101,22 @@ def worker(name: str, model: str, n: int, chunk: int) -> dict[str, float]:
     return {"wall": wall, "cpu": cpu, "faults": faults, "insertion_auc": auc}
 
 
+# Each contender's THP_MEM_ALLOC_ENABLE: camcli its own default (unset), torchcam PyTorch's
+# default (0, which camcli's import keeps), torchcam-thp camcli's.
+ALLOCATION = {"camcli": None, "torchcam": "0", "torchcam-thp": "1"}
+
+
+def set_allocation(name: str, env: MutableMapping[str, str]) -> None:
+    """Set contender ``name``'s allocation in ``env`` (before torch allocates anything)."""
+    env.pop("THP_MEM_ALLOC_ENABLE", None)
+    if ALLOCATION[name] is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = ALLOCATION[name]
+
+
 def run_worker(name: str, model: str, n: int, chunk: int) -> dict[str, float]:
     """One contender's run in a fresh process, its allocation set as it ships."""
     env = dict(os.environ)
-    env.pop("THP_MEM_ALLOC_ENABLE", None)  # camcli: its own default
-    if name == "torchcam":
-        env["THP_MEM_ALLOC_ENABLE"] = "0"  # PyTorch's default, kept by camcli's import
-    elif name == "torchcam-thp":
-        env["THP_MEM_ALLOC_ENABLE"] = "1"
+    set_allocation(name, env)
     argv = [sys.executable, __file__, "--worker", name, "--model", model]
     argv += ["--images", str(n), "--chunk", str(chunk)]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
@@ -145,10 +154,7 @@ def measure(
 
 def profile(name: str, model: str, n: int, chunk: int) -> None:
     """The operators that take the time of one run (model building included), in this process."""
-    if name == "torchcam":
-        os.environ["THP_MEM_ALLOC_ENABLE"] = "0"
-    elif name == "torchcam-thp":
-        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+    set_allocation(name, os.environ)
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
