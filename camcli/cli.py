@@ -16,7 +16,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import click
 import typer
 
 from camcli import __version__
@@ -183,11 +182,11 @@ def _command_errors(*, interrupted: str = "", each_line: bool = False) -> Iterat
     A camcli error: ``error: message`` on stderr (one line, or each line of a multi-line
     message with ``each_line``) and its exit code; stdout's reader gone (``| head -1``): quiet,
     141; Ctrl-C or SIGTERM: ``interrupted`` (if any) and 130; anything else is a bug: one line
-    and 2 (the traceback with ``CAMCLI_DEBUG=1``). typer's and click's own exits pass through.
+    and 2 (the traceback with ``CAMCLI_DEBUG=1``). typer's own exits pass through.
     """
     try:
         yield
-    except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException):
+    except (typer.Exit, typer.Abort):
         raise
     except CamcliError as exc:
         for line in exc.message.splitlines() if each_line else [exc.message]:
@@ -336,7 +335,7 @@ def run(
         Engine,
         typer.Option(
             help="local: threads and one model in this process; ray: Ray Data (read tasks, an "
-            "actor pool with one model per actor), needs pip install 'camcli[ray]'."
+            "actor pool with one model per actor), needs the ray extra (uv sync --extra ray)."
         ),
     ] = Engine.local,
     ray_address: Annotated[
@@ -827,7 +826,22 @@ def evaluate(
     raise typer.Exit(code=code)
 
 
+def _unsupported_platform() -> str | None:
+    """Why camcli cannot run here, or None. Output folders are locked with POSIX ``fcntl``
+    locks (camcli/outfolder.py), which Windows lacks: say so at once rather than fail later."""
+    if sys.platform.startswith("win"):
+        return (
+            "Windows is not supported: camcli locks its output folders with POSIX fcntl locks "
+            "(Linux, macOS); run it under WSL"
+        )
+    return None
+
+
 def main() -> None:
+    unsupported = _unsupported_platform()
+    if unsupported:  # plain text: rich's console would reach for the Windows console API
+        sys.stderr.write(f"error: {unsupported}\n")
+        sys.exit(EXIT_USAGE)
     # Importing torch and torchvision makes about a million Python objects, and the cyclic
     # garbage collector would walk them all again and again while the rest of start-up
     # allocates (~0.3 s of a one-image run). It is paused here; `camcli run` resumes it

@@ -7,6 +7,13 @@ EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 
 
+def install_extra(extra: str) -> str:
+    """How to install one of camcli's extras, for the user who has what this project ships: a
+    checkout (``camcli`` on the package index is an unrelated project, so no line here names
+    the index)."""
+    return f"`uv sync --extra {extra}` in the camcli checkout (or `pip install '.[{extra}]'` there)"
+
+
 class CamcliError(Exception):
     """Base class: a problem camcli can explain in one line."""
 

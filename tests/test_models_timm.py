@@ -19,7 +19,7 @@ from camcli.layers import spatial_layout, token_prefix
 from camcli.models import LoadedModel, load_model
 from conftest import camcli_cli, random_image
 
-timm = pytest.importorskip("timm")  # the test extra installs it; camcli[timm] for users
+timm = pytest.importorskip("timm")  # the test extra installs it; the timm extra for users
 from pytorch_grad_cam import GradCAM  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
@@ -241,4 +241,6 @@ def test_missing_timm_is_a_usage_error_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
     result = runner.invoke(app, ["layers", "timm:resnet18"])
     assert result.exit_code == 2
-    assert "pip install 'camcli[timm]'" in result.output
+    assert "`uv sync --extra timm` in the camcli checkout (or `pip install '.[timm]'` there)" in (
+        result.output
+    )

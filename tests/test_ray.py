@@ -246,7 +246,7 @@ def test_ray_options_without_engine_ray_exit_2(options, tmp_path):
 
 @pytest.fixture(scope="module")
 def ray_instance():
-    ray = pytest.importorskip("ray", reason="the ray extra: pip install 'camcli[ray]'")
+    ray = pytest.importorskip("ray", reason="the ray extra: uv sync --extra ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              _system_config={"enable_metrics_collection": False})  # fmt: skip
     yield ray
@@ -334,7 +334,7 @@ def test_ctrl_c_on_ray_exits_130_and_every_file_keeps_its_record(tiny_checkpoint
     """SIGINT once the first outputs are on disk: the run stops between batches, Ray is shut
     down, the exit status is 130 (it was 1, from inside Ray's shutdown, in most runs), and
     the outputs of the batches in flight that never got a record are removed."""
-    pytest.importorskip("ray", reason="the ray extra: pip install 'camcli[ray]'")
+    pytest.importorskip("ray", reason="the ray extra: uv sync --extra ray")
     folder = tmp_path / "in"
     folder.mkdir()
     for i in range(80):

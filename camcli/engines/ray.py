@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from camcli.engines.batch import BatchWork, Loaded, load
-from camcli.errors import CamcliError, UsageError
+from camcli.errors import CamcliError, UsageError, install_extra
 from camcli.explain import Explainer, Target, parse_targets
 from camcli.images import Box, Preprocess, model_view, to_rgb
 from camcli.outfolder import OutputFolder, Record
@@ -46,7 +46,7 @@ from camcli.writers import encode_image, json_line
 
 __all__ = ["INSTALL", "ExplainBatch", "RayOptions", "import_ray", "run_on_ray"]
 
-INSTALL = "pip install 'camcli[ray]'"
+INSTALL = install_extra("ray")
 
 
 def import_ray() -> Any:

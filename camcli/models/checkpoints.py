@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from camcli.errors import CamcliWarning, CheckpointError
+from camcli.errors import CamcliWarning, CheckpointError, install_extra
 from camcli.models.loaded import head_layer, out_features
 from camcli.models.torchvision import build
 
@@ -52,7 +52,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         except ImportError:
             raise CheckpointError(
                 f"{path}: reading .safetensors needs the safetensors package "
-                "(pip install 'camcli[safetensors]')"
+                f"({install_extra('safetensors')})"
             ) from None
         try:
             obj: Any = load_file(str(path), device="cpu")

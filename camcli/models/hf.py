@@ -20,14 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from camcli.errors import CamcliWarning, UsageError, WeightsUnavailableError
+from camcli.errors import CamcliWarning, UsageError, WeightsUnavailableError, install_extra
 from camcli.images import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from camcli.models.checkpoints import load_checkpoint_into, read_checkpoint
 from camcli.models.sources import Built
 from camcli.models.torchvision import RANDOM_INIT_SEED
 
 PREFIX = "hf:"
-INSTALL = "pip install 'camcli[hf]'"
+INSTALL = install_extra("hf")
 _GENERIC_LABEL = re.compile(r"LABEL_\d+")
 # Parameters of a ViT-style embedding that become leading tokens before the patches.
 _PREFIX_PARAMETERS = ("cls_token", "distillation_token", "register_tokens")

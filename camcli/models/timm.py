@@ -23,14 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from camcli.errors import UsageError, WeightsUnavailableError
+from camcli.errors import UsageError, WeightsUnavailableError, install_extra
 from camcli.images import Preprocess
 from camcli.models.checkpoints import load_checkpoint_into, read_checkpoint
 from camcli.models.sources import Built
 from camcli.models.torchvision import RANDOM_INIT_SEED
 
 PREFIX = "timm:"
-INSTALL = "pip install 'camcli[timm]'"
+INSTALL = install_extra("timm")
 # timm names a .bin checkpoint on the hub but prefers its safetensors twin when there is one.
 _SAFE_TWINS = {
     "pytorch_model.bin": "model.safetensors",
