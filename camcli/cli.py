@@ -90,6 +90,16 @@ InputSizeOption = Annotated[
     typer.Option(help="Model input size in pixels (default: the weights' own).", min=16),
 ]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+OfflineOption = Annotated[
+    bool,
+    typer.Option(
+        "--offline",
+        envvar="CAMCLI_OFFLINE",
+        help="Never download: weights that are not in the cache are an error at once "
+        "(HF_HUB_OFFLINE=1 does the same). Without it, an uncached download is tried once, "
+        "after its host answered within 3 s.",
+    ),
+]
 
 
 class Precision(str, Enum):
@@ -202,6 +212,13 @@ def _command_errors(*, interrupted: str = "", each_line: bool = False) -> Iterat
         _internal_error(exc)
 
 
+def _go_offline(offline: bool) -> None:
+    """``--offline`` reaches the model sources (and Ray's workers, which inherit the
+    environment) as ``CAMCLI_OFFLINE=1``: camcli.models.download reads it."""
+    if offline:
+        os.environ["CAMCLI_OFFLINE"] = "1"
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"camcli {__version__}")
@@ -310,6 +327,7 @@ def run(
     ] = 32,
     max_pixels: MaxPixelsOption = None,
     device: DeviceOption = "auto",
+    offline: OfflineOption = False,
     precision: PrecisionOption = Precision.fp32,
     skip_existing: Annotated[
         bool, typer.Option(help="Skip inputs whose outputs all exist (resume a run).")
@@ -405,6 +423,7 @@ def run(
     ] = 5,
 ) -> None:
     """Write heatmaps (overlays or raw maps) for images, files or whole folders."""
+    _go_offline(offline)
     from camcli.engines.ray import RayOptions
     from camcli.pipeline import RunConfig
     from camcli.runner import run_images
@@ -471,8 +490,10 @@ def layers(
     json_out: Annotated[
         bool, typer.Option("--json", help="JSON lines instead of a table.")
     ] = False,
+    offline: OfflineOption = False,
 ) -> None:
     """List a model's layers: name, type, output shape, the grid it gives; marks the default."""
+    _go_offline(offline)
     from camcli.layers import known_default_layer, trace_layers
     from camcli.models import input_too_small, load_model
 
@@ -615,11 +636,13 @@ def check(
             "peak, the baseline beside it) to FILE, its pictures in FILE's <stem>_files/.",
         ),
     ] = None,
+    offline: OfflineOption = False,
 ) -> None:
     """Check a model's predictions and maps against a spec's expectations (CI smoke test).
 
     Exit 0 when all pass, 1 when any fails, 2 for a bad spec (nothing is computed then).
     """
+    _go_offline(offline)
 
     from camcli.check import run_check
 
@@ -759,6 +782,7 @@ def evaluate(
     ] = 32,
     max_pixels: MaxPixelsOption = None,
     device: DeviceOption = "auto",
+    offline: OfflineOption = False,
     precision: PrecisionOption = Precision.fp32,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the results as one JSON object on stdout.")
@@ -788,6 +812,7 @@ def evaluate(
 
     Exit 0 when every image was evaluated, 1 when some could not be read, 2 for bad options.
     """
+    _go_offline(offline)
     from camcli.evaluate import ModelOptions, run_evaluate
 
     if json_out and csv_out:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,14 @@ def camcli_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
         env={**os.environ, "OMP_NUM_THREADS": "1", **env},
         timeout=600,
     )
+
+
+def closed_port() -> int:
+    """A local TCP port that nothing listens on (bound, then released): a proxy there refuses
+    every connection at once, whatever network the machine running the tests has."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def random_image(path: Path, size=(80, 60), mode="RGB", seed: int = 0) -> Path:

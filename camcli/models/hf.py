@@ -23,6 +23,7 @@ from torch import nn
 from camcli.errors import CamcliWarning, UsageError, WeightsUnavailableError, install_extra
 from camcli.images import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from camcli.models.checkpoints import load_checkpoint_into, read_checkpoint
+from camcli.models.download import hf_endpoint, quiet_hub, unavailable_reason
 from camcli.models.sources import Built
 from camcli.models.torchvision import RANDOM_INIT_SEED
 
@@ -84,17 +85,25 @@ def _from_source(load: Any, source: str, what: str, **kwargs: Any) -> Any:
         pass  # not cached: download below
     except ValueError as exc:
         raise UsageError(f"hf:{source}: {_first_line(exc)}") from None
-    try:
-        return load(source, **kwargs)
-    except ValueError as exc:
-        raise UsageError(f"hf:{source}: {_first_line(exc)}") from None
-    except Exception as exc:  # offline mode, HTTP and hub errors all end here
-        raise WeightsUnavailableError(
+
+    def unavailable(reason: str) -> WeightsUnavailableError:
+        return WeightsUnavailableError(
             f"hf:{source} {what} is not in the cache ({_cache_path(source)}) and could not be "
-            f"downloaded ({_first_line(exc)}); run `hf download {source}` where there is "
+            f"downloaded ({reason}); run `hf download {source}` where there is "
             "network (HF_HOME or HF_HUB_CACHE move the cache), or save_pretrained it into a "
             "folder and pass --model hf:FOLDER"
-        ) from None
+        )
+
+    reason = unavailable_reason(f"{hf_endpoint()}/{source}")
+    if reason:
+        raise unavailable(reason)
+    try:
+        with quiet_hub():
+            return load(source, **kwargs)
+    except ValueError as exc:
+        raise UsageError(f"hf:{source}: {_first_line(exc)}") from None
+    except Exception as exc:  # HTTP and hub errors all end here
+        raise unavailable(_first_line(exc)) from None
 
 
 def _config(source: str, num_classes: int | None, input_size: int | None, random: bool) -> Any:

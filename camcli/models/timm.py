@@ -26,6 +26,7 @@ from torch import nn
 from camcli.errors import UsageError, WeightsUnavailableError, install_extra
 from camcli.images import Preprocess
 from camcli.models.checkpoints import load_checkpoint_into, read_checkpoint
+from camcli.models.download import hf_endpoint, quiet_hub, unavailable_reason
 from camcli.models.sources import Built
 from camcli.models.torchvision import RANDOM_INIT_SEED
 
@@ -115,6 +116,13 @@ def _hub_cache_path(repo: str) -> Path:
     return Path(constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--"))
 
 
+def _download_url(cfg: Any) -> str:
+    """Where timm fetches ``cfg``'s weights from: the hub, else the config's own URL."""
+    if cfg.hf_hub_id:
+        return f"{hf_endpoint()}/{cfg.hf_hub_id.partition('@')[0]}"
+    return cfg.url
+
+
 def _download_hint(cfg: Any) -> tuple[Path, str]:
     """(where the weights are cached, the command that puts them there)."""
     if cfg.hf_hub_id:
@@ -153,9 +161,25 @@ def _pretrained(arch: str, cfg: Any, progress: bool, **kwargs: Any) -> nn.Module
     full = f"{arch}.{cfg.tag}" if cfg.tag else arch
     cached = _cached_file(cfg)
     overlay = {"file": str(cached)} if cached is not None else None
+
+    def unavailable(reason: str) -> WeightsUnavailableError:
+        where, command = _download_hint(cfg)
+        return WeightsUnavailableError(
+            f"timm:{full} weights are not in the cache ({where}) and could not be downloaded "
+            f"({reason}); run `{command}` where there is network (HF_HOME or HF_HUB_CACHE "
+            "move the cache), or pass --checkpoint FILE, or --weights none"
+        )
+
+    if cached is None:
+        reason = unavailable_reason(_download_url(cfg))
+        if reason:
+            raise unavailable(reason)
     try:
         # Downloads announce themselves: never on stdout (kept clean for --json).
-        with contextlib.redirect_stdout(sys.stderr if progress else io.StringIO()):
+        with (
+            contextlib.redirect_stdout(sys.stderr if progress else io.StringIO()),
+            quiet_hub(),
+        ):
             return _create(full, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     except UsageError:
         raise
@@ -166,12 +190,7 @@ def _pretrained(arch: str, cfg: Any, progress: bool, **kwargs: Any) -> nn.Module
                 f"cannot load cached timm weights {cached}: {reason}; delete the file to "
                 "download it again, or pass --checkpoint FILE"
             ) from None
-        where, command = _download_hint(cfg)
-        raise WeightsUnavailableError(
-            f"timm:{full} weights are not in the cache ({where}) and could not be downloaded "
-            f"({reason}); run `{command}` where there is network (HF_HOME or HF_HUB_CACHE "
-            "move the cache), or pass --checkpoint FILE, or --weights none"
-        ) from None
+        raise unavailable(reason) from None
 
 
 def _fixed_size(model: nn.Module) -> int | None:

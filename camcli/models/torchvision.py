@@ -20,6 +20,7 @@ from torchvision.models._api import WeightsEnum
 from camcli.errors import UsageError, WeightsUnavailableError
 from camcli.images import Preprocess
 from camcli.models.custom import custom_factory
+from camcli.models.download import unavailable_reason
 
 # The random initialisation of ``--weights none``: fixed, so that its runs are reproducible.
 RANDOM_INIT_SEED = 0
@@ -87,6 +88,17 @@ def load_pretrained(model_name: str, weights: WeightsEnum, progress: bool) -> nn
             self.url, progress=progress, check_hash=True, weights_only=True
         )
 
+    def unavailable(reason: str) -> WeightsUnavailableError:
+        return WeightsUnavailableError(
+            f"{model_name} weights {weights.name} are not in the cache ({cached}) and could not "
+            f"be downloaded ({reason}); download {weights.url} into {cached.parent} "
+            "(set TORCH_HOME to move the cache), or pass a local state dict with --checkpoint FILE"
+        )
+
+    if not cached.exists():
+        reason = unavailable_reason(weights.url)
+        if reason:
+            raise unavailable(reason)
     original = WeightsEnum.get_state_dict
     WeightsEnum.get_state_dict = safe_state_dict  # type: ignore[method-assign]
     try:
@@ -101,11 +113,7 @@ def load_pretrained(model_name: str, weights: WeightsEnum, progress: bool) -> nn
                 f"cannot load cached weights {cached}: {reason}; delete the file to download "
                 "it again, or pass --checkpoint FILE"
             ) from None
-        raise WeightsUnavailableError(
-            f"{model_name} weights {weights.name} are not in the cache ({cached}) and could not "
-            f"be downloaded ({reason}); download {weights.url} into {cached.parent} "
-            "(set TORCH_HOME to move the cache), or pass a local state dict with --checkpoint FILE"
-        ) from None
+        raise unavailable(reason) from None
     finally:
         WeightsEnum.get_state_dict = original  # type: ignore[method-assign]
 
