@@ -200,3 +200,22 @@ def test_windows_is_refused_in_one_line_before_anything_runs():
         "error: Windows is not supported: camcli locks its output folders with POSIX fcntl "
         "locks (Linux, macOS); run it under WSL\n"
     )
+
+
+def test_usage_lines_and_errors_read_as_click_writes_them():
+    # typer 0.26+ would print `{paths}...` and "Missing argument 'paths'" (the cap's reason).
+    from typer.testing import CliRunner
+
+    from camcli.cli import app
+
+    runner = CliRunner()
+    shown = runner.invoke(app, ["run", "--help"], prog_name="camcli")
+    assert shown.exit_code == 0
+    assert shown.output.startswith("Usage: camcli run [OPTIONS] PATHS...\n")
+    assert "  -o, --out PATH " in shown.output
+    missing = runner.invoke(app, ["run"], prog_name="camcli")
+    assert missing.exit_code == 2
+    assert "Error: Missing argument 'PATHS...'." in missing.output
+    for command, argument in (("check", "SPEC"), ("layers", "MODEL"), ("report", "OUT")):
+        usage = runner.invoke(app, [command, "--help"], prog_name="camcli").output
+        assert usage.startswith(f"Usage: camcli {command} [OPTIONS] {argument}\n")
