@@ -11,7 +11,6 @@ and CSV; ``plots`` the curves as PNG.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from camcli.models import load_model
 from camcli.progress import StdoutConsole, one_line
 from camcli.sources import collect_sources
 from camcli.spec import read_boxes
+from camcli.writers import json_text
 
 __all__ = ["FAMILIES", "Evaluation", "ModelOptions", "Settings", "run_evaluate"]
 
@@ -156,7 +156,7 @@ def run_evaluate(
 
         write_evaluation_report(report_json(evaluation), report)
     if output == "json":
-        sys.stdout.write(json.dumps(report_json(evaluation), ensure_ascii=False, indent=2) + "\n")
+        sys.stdout.write(json_text(report_json(evaluation), indent=2) + "\n")
     elif output == "csv":
         sys.stdout.write(report_csv(evaluation))
     else:
