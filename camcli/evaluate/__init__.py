@@ -73,8 +73,9 @@ def run_evaluate(
     console: Console | None = None,
 ) -> int:
     """Evaluate ``methods`` on the images in ``paths``; print the table (or ``output`` =
-    "json" / "csv" on stdout); returns 0, or 1 when some image could not be read. With
-    ``report``, also that HTML page (``camcli.report.evaluation``).
+    "json" / "csv" on stdout); returns 0, or 1 when some image could not be evaluated (not
+    read, or the model's output on it is not finite). With ``report``, also that HTML page
+    (``camcli.report.evaluation``).
 
     Every option is checked (UsageError, exit 2) before any image is explained.
     """
@@ -143,8 +144,10 @@ def run_evaluate(
             else:
                 bar.update(task, advance=n)
 
-        results = evaluate_methods(loaded, methods, items, settings, passes=passes, advance=advance)
-    evaluation = Evaluation(loaded.name, items, errors, results, settings)
+        evaluation = evaluate_methods(
+            loaded, methods, items, settings, errors=errors, on_error=error, passes=passes,
+            advance=advance,
+        )  # fmt: skip
     if plots is not None:
         found = report_json(evaluation)["methods"]
         aucs = {
@@ -166,6 +169,9 @@ def run_evaluate(
             screen = StdoutConsole(width=400)
         screen.print(table(evaluation))
     sys.stdout.flush()
-    if errors and not quiet:
-        console.print(f"{len(errors)} of {len(errors) + len(items)} images could not be read")
-    return EXIT_SOME_FAILED if errors else EXIT_OK
+    failed, count = len(evaluation.errors), len(evaluation.errors) + len(evaluation.items)
+    if not evaluation.items:
+        error(f"none of the {count} images could be evaluated; every metric is n/a")
+    elif failed and not quiet:
+        console.print(f"{failed} of {count} images could not be evaluated")
+    return EXIT_SOME_FAILED if failed else EXIT_OK
