@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import os
 import sys
 import traceback
@@ -496,6 +495,7 @@ def layers(
     _go_offline(offline)
     from camcli.layers import known_default_layer, trace_layers
     from camcli.models import input_too_small, load_model
+    from camcli.writers import json_text
 
     loaded = load_model(model, weights="none", device="cpu", input_size=input_size)
     size = loaded.preprocess.crop_size
@@ -514,7 +514,7 @@ def layers(
             grid = list(info.grid) if info.grid else None
             layout = info.layout.kind if info.layout else None
             row.update(grid=grid, layout=layout, default=info.name == default)
-            typer.echo(json.dumps(row))
+            typer.echo(json_text(row))
         return
     from rich.table import Table
 
@@ -578,11 +578,12 @@ def methods(
 ) -> None:
     """List the CAM methods, whether each needs gradients, and its paper."""
     from camcli.methods import METHODS
+    from camcli.writers import json_text
 
     if json_out:
         for info in METHODS.values():
             row: dict[str, Any] = {"name": info.name, "needs_grad": info.needs_grad}
-            typer.echo(json.dumps({**row, "summary": info.summary, "paper": info.paper}))
+            typer.echo(json_text({**row, "summary": info.summary, "paper": info.paper}))
         return
     from rich.table import Table
 

@@ -20,7 +20,15 @@ from camcli.layers import default_layer, resolve_layer
 from camcli.methods import get_method_class
 from camcli.methods.base import CamContext, CamMethod, Progress
 from camcli.models import LoadedModel, fold_batchnorms, input_too_small, is_out_of_memory
-from camcli.targets import Chosen, Target, extract_logits, make_head
+from camcli.targets import (
+    SCORES_EQUAL,
+    Chosen,
+    Target,
+    extract_logits,
+    make_head,
+    output_problems,
+    scores_equal,
+)
 
 __all__ = [
     "AUGMENTATIONS",
@@ -75,7 +83,6 @@ def _normalise_label(text: str) -> str:
     return " ".join(text.lower().replace("_", " ").replace("-", " ").split())
 
 
-_LOGITS_NOT_FINITE = "the model's output is not finite (NaN or inf in the logits)"
 _MAP_NOT_FINITE = "the map is not finite"
 _RANK = re.compile(r"top\s*([+-]?\d+)")
 _INDEX = re.compile(r"[+-]?\d+")
@@ -266,6 +273,7 @@ class Explainer:
                 f"({reason}); use a smaller --input-size"
             ) from None
         # Checked on the model as the user knows it (`camcli layers`), before any folding.
+        (probe_problem,) = output_problems(logits)
         for name, activation in activations.items():
             if activation.ndim != 4:
                 raise UsageError(
@@ -274,7 +282,17 @@ class Explainer:
                 )
             if self.method.needs_grad and not logits.requires_grad:
                 raise UsageError(f"the logits do not depend on layer {name!r}; pick another")
-            self.method.check(name, activation.detach(), logits.detach())
+            try:
+                self.method.check(name, activation.detach(), logits.detach())
+            except UsageError:
+                if probe_problem is None:
+                    raise
+                # A method that judges the model by its output (CAM fits its head to the
+                # logits) fails on NaN for a reason its own message would hide.
+                raise UsageError(
+                    f"{method_cls.name} cannot be set up: {probe_problem} on a random input "
+                    "(weights that hold NaN or inf, from a training run that diverged?)"
+                ) from None
             if activation.shape[-2:] == (1, 1):
                 warnings.warn(
                     f"layer {name} gives a 1 x 1 map at {size} px: it cannot localise; use a "
@@ -425,21 +443,22 @@ class Explainer:
             # A target the image does not have (no box t, a label under the threshold): zeros.
             maps = torch.where(chosen.present[:, :, None, None], combined.detach().float(), 0.0)
             scores = chosen.scores.float()
-            finite_logits = torch.isfinite(logits).all(dim=1)
             finite_maps = torch.isfinite(maps.flatten(1)).all(dim=1)
             if saliency is not None:
                 saliency = saliency.float()
                 finite_maps &= torch.isfinite(saliency.flatten(1)).all(dim=1)
-            trusted = finite_logits & finite_maps
+            problems: list[str | None] = [
+                output or (None if map_ok else _MAP_NOT_FINITE)
+                for output, map_ok in zip(
+                    output_problems(logits), finite_maps.tolist(), strict=True
+                )
+            ]
+            trusted = torch.tensor([p is None for p in problems], device=maps.device)
             # Untrusted images get zeros: NaN must never reach a writer or a caller's sums.
             maps = torch.where(trusted.view(-1, 1, 1, 1), maps, 0.0)
             scores = torch.where(trusted.view(-1, 1), scores, 0.0)
             if saliency is not None:
                 saliency = torch.where(trusted.view(-1, 1, 1, 1, 1), saliency, 0.0)
-            problems: list[str | None] = [
-                None if ok else _LOGITS_NOT_FINITE if not logits_ok else _MAP_NOT_FINITE
-                for ok, logits_ok in zip(trusted.tolist(), finite_logits.tolist(), strict=True)
-            ]
             return Explanation(
                 maps=maps.cpu().numpy(),
                 class_indices=chosen.classes.cpu().numpy(),
@@ -479,15 +498,10 @@ class Explainer:
     ) -> list[list[str | None]]:
         """Per image and target, why the map is zero everywhere (None where it is not)."""
         zero = (maps == 0).flatten(2).all(dim=2) & trusted.view(-1, 1)
-        equal = (logits.amax(dim=1) == logits.amin(dim=1)).tolist()
         layer = "+".join(self.layers)
         reasons: list[list[str | None]] = []
-        for row, same in zip(zero.tolist(), equal, strict=True):
-            why = (
-                "all logits are equal (an untrained or zero head?)"
-                if same
-                else f"no positive evidence for this class at layer {layer}"
-            )
+        for row, same in zip(zero.tolist(), scores_equal(logits), strict=True):
+            why = SCORES_EQUAL if same else f"no positive evidence for this class at layer {layer}"
             reasons.append([why if blank else None for blank in row])
         return reasons
 

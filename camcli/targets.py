@@ -113,6 +113,33 @@ def extract_logits(output: Any) -> torch.Tensor:
     return logits
 
 
+#: Why an image has no result when the model's output on it is not finite: ``run``'s error
+#: record, ``check``'s failed case and ``evaluate``'s skipped image all say this.
+OUTPUT_NOT_FINITE = "the model's output is not finite (NaN or inf in the logits)"
+#: Why no class of an image ranks above another.
+SCORES_EQUAL = "all scores are equal (an untrained or zero head?)"
+
+
+def output_problems(matrix: torch.Tensor) -> list[str | None]:
+    """Per image (row of a head's (rows, K) scores): ``OUTPUT_NOT_FINITE`` where a score is
+    NaN or inf, else None.
+
+    The one rule for trusting a model's output, shared by ``run``, ``check`` and ``evaluate``:
+    such an image has no result. Its probabilities would be NaN, and NaN compares false with
+    everything, so the expected class of a diverged model would come out ranked first.
+    """
+    finite = torch.isfinite(matrix.detach()).all(dim=1)
+    return [None if ok else OUTPUT_NOT_FINITE for ok in finite.tolist()]
+
+
+def scores_equal(matrix: torch.Tensor) -> list[bool]:
+    """Per image (row of (rows, K) scores), whether all its scores are equal (``max == min``:
+    a zero head, a constant model). Then no class ranks above another, and neither a rank nor
+    a score says anything about the expected class."""
+    plain = matrix.detach()
+    return (plain.amax(dim=1) == plain.amin(dim=1)).tolist()
+
+
 class Head:
     """``softmax``: the model's logits, scored by softmax probabilities."""
 

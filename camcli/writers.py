@@ -100,16 +100,23 @@ def write_atomic(path: Path, data: bytes, temp_dir: Path | None = None) -> None:
 _ESCAPED = re.compile("[\x85\u2028\u2029\ud800-\udfff]")
 
 
-def json_line(record: Any) -> str:
-    """``record`` as one line of JSON (no newline): UTF-8 text where possible.
+def json_text(data: Any, *, indent: int | None = None) -> str:
+    """``data`` as standard JSON text (no newline at the end): the one place camcli writes
+    JSON (the manifest, every ``--json``, the report pages' data), UTF-8 text where possible.
 
     A lone surrogate (how Python keeps the undecodable bytes of a file name) cannot be encoded
     as UTF-8, so it is written as a ``\\udcXX`` escape, which ``json.loads`` turns back into
-    the same ``str``. A NaN or infinite float raises ValueError: JSON has no such numbers, and
-    one in a record is a bug upstream, not something to write down.
+    the same ``str``. A NaN or infinite float raises ValueError: JSON has no such numbers
+    (``NaN`` tokens break ``jq`` and every strict parser), so whoever builds ``data`` writes a
+    result that is not finite as null, with its reason beside it.
     """
-    text = json.dumps(record, ensure_ascii=False, allow_nan=False)
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False, indent=indent)
     return _ESCAPED.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def json_line(record: Any) -> str:
+    """``record`` as one line of JSON (``json_text``): a manifest or ``--json-lines`` line."""
+    return json_text(record)
 
 
 def encode_image(rgb: np.ndarray, fmt: str) -> bytes:

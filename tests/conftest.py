@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +54,44 @@ def tiny_checkpoint(tiny_model, tmp_path_factory) -> dict[str, Path | str]:
     labels = folder / "labels.txt"
     labels.write_text("\n".join(synthetic.CLASSES) + "\n")
     return {"model": SYNTHETIC_MODEL, "checkpoint": checkpoint, "labels": labels}
+
+
+@pytest.fixture(scope="session")
+def broken_checkpoints(tiny_model, tmp_path_factory) -> dict[str, Path]:
+    """The tiny model's checkpoint as a training run that diverged saves it (``nan``: every
+    weight NaN) and with an all-zero head (``zero_head``: every score equal)."""
+    folder = tmp_path_factory.mktemp("broken-ckpt")
+    state = tiny_model.state_dict()
+    diverged = {k: torch.full_like(v, math.nan) if v.is_floating_point() else v
+                for k, v in state.items()}  # fmt: skip
+    zero_head = {**state, "fc.weight": torch.zeros_like(state["fc.weight"]),
+                 "fc.bias": torch.zeros_like(state["fc.bias"])}  # fmt: skip
+    paths = {"nan": folder / "nan.pt", "zero_head": folder / "zero_head.pt"}
+    torch.save(diverged, paths["nan"])
+    torch.save(zero_head, paths["zero_head"])
+    return paths
+
+
+def strict_json(text: str):
+    """``text`` read as standard JSON: a ``NaN``, ``Infinity`` or ``-Infinity`` token fails."""
+
+    def refuse(token: str):
+        raise AssertionError(f"{token} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def strict_junit(path: Path) -> ET.Element:
+    """A JUnit XML report parsed strictly (malformed XML raises), its counts checked against
+    its test cases; returns the root ``<testsuites>``."""
+    root = ET.parse(path).getroot()
+    assert root.tag == "testsuites"
+    cases = list(root.iter("testcase"))
+    for kind in ("failures", "errors"):
+        tag = kind[:-1]
+        assert int(root.get(kind)) == sum(1 for c in cases if c.find(tag) is not None)
+    assert int(root.get("tests")) == len(cases)
+    return root
 
 
 def tiny_args(ckpt: dict) -> list[str]:

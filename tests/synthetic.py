@@ -77,6 +77,15 @@ class TinyCAMNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
+class SpreadNet(TinyCAMNet):
+    """TinyCAMNet on its input divided by each channel's spread (its standard deviation over
+    the pixels): finite on a picture, not on a flat one (c / 0), nor on the all-zero input
+    that deletion ends with and insertion starts from (0 / 0)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x / x.std(dim=(2, 3), keepdim=True))
+
+
 def train(seed: int = 0, n: int = 600, epochs: int = 3) -> TinyCAMNet:
     torch.manual_seed(seed)
     images, labels, _ = dataset(n, seed)

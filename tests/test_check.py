@@ -22,7 +22,7 @@ from camcli.check.measure import grid as map_grid
 from camcli.cli import app
 from camcli.errors import InputError
 from camcli.images import Box
-from conftest import SYNTHETIC_MODEL
+from conftest import SYNTHETIC_MODEL, strict_json, strict_junit
 
 runner = CliRunner()
 N_IMAGES = 6
@@ -108,7 +108,7 @@ def shape_cases(spec_dir, boxes, **extra) -> str:
 
 
 def results(result) -> dict:
-    return json.loads(result.stdout)
+    return strict_json(result.stdout)
 
 
 def by_name(case: dict) -> dict:
@@ -426,6 +426,124 @@ def test_a_junit_report_of_a_passing_run_and_a_table_on_stderr(spec_dir, tmp_pat
     assert testcase.get("name") == "red one: pointing"
     assert testcase.get("classname") == "camcli.one"
     assert list(testcase) == []
+
+
+# --- a broken model never passes ----------------------------------------------------------
+
+NOT_FINITE = "the model's output is not finite (NaN or inf in the logits)"
+SCORES_EQUAL = "all scores are equal (an untrained or zero head?)"
+
+
+def test_a_diverged_model_fails_every_expectation_of_every_case(
+    spec_dir, broken_checkpoints, tmp_path
+):
+    labels, boxes = spec_dir["labels"], spec_dir["boxes"]
+    everything = case_table(
+        name="everything", image="img/shape1.png", expect_class=labels[1], min_score=0.0,
+        box=boxes[1], min_energy=0.1, insertion_auc_min=0.0,
+    )  # fmt: skip
+    spec = write_spec(
+        spec_dir["folder"],
+        "diverged.toml",
+        model_table(str(broken_checkpoints["nan"]))
+        + case_table(name="class only", image="img/shape0.png", expect_class=labels[0])
+        + everything,
+    )
+    junit = tmp_path / "diverged.xml"
+    result = invoke(spec, "--json", "--junit", junit)
+    assert result.exit_code == 1, result.output
+    report = results(result)
+    assert not report["passed"] and report["exit_code"] == 1
+    assert report["summary"] == {
+        "cases": 2, "failed_cases": 2, "expectations": 6, "passed": 0, "failed": 6,
+    }  # fmt: skip
+    first, second = report["cases"]
+    assert [e["expectation"] for e in first["expectations"]] == ["class"]
+    assert [e["expectation"] for e in second["expectations"]] == [
+        "class", "score", "pointing", "energy", "insertion_auc",
+    ]  # fmt: skip
+    for case in report["cases"]:
+        assert case["error"] == NOT_FINITE and case["prediction"] is None
+        for expectation in case["expectations"]:
+            assert not expectation["passed"] and expectation["measured"] is None
+            assert expectation["reason"] == NOT_FINITE and NOT_FINITE in expectation["message"]
+    root = strict_junit(junit)
+    assert root.get("tests") == root.get("errors") == "6" and root.get("failures") == "0"
+    assert all(NOT_FINITE in e.get("message") for e in root.iter("error"))
+    table = invoke(spec)
+    assert table.exit_code == 1 and table.stdout == ""
+    assert table.stderr.count("ERROR") == 6 and not re.search(r"\bpass\b", table.stderr)
+    assert "FAIL: 0 of 6 expectations passed in 2 cases" in table.stderr
+
+
+def test_all_scores_equal_is_no_rank_and_no_score(spec_dir, broken_checkpoints, tmp_path):
+    # A zero head gives every class the same score: the stable sort ranked class 0 first, and
+    # any class passed top_k = 3 of 3 and min_score = 0.
+    labels = spec_dir["labels"]
+    spec = write_spec(
+        spec_dir["folder"],
+        "zero-head.toml",
+        model_table(str(broken_checkpoints["zero_head"]))
+        + case_table(name="first class", image="img/shape0.png", expect_class=synthetic.CLASSES[0])
+        + case_table(
+            name="top 3", image="img/shape1.png", expect_class=labels[1], top_k=3, min_score=0.0
+        ),
+    )
+    junit = tmp_path / "zero-head.xml"
+    result = invoke(spec, "--json", "--junit", junit)
+    assert result.exit_code == 1, result.output
+    report = results(result)
+    first, top3 = report["cases"]
+    for case in (first, top3):
+        assert case["error"] is None
+        assert case["prediction"]["score"] == pytest.approx(1 / 3)
+        outcome = by_name(case)["class"]
+        assert not outcome["passed"] and outcome["measured"] is None
+        assert outcome["reason"] == SCORES_EQUAL
+        assert outcome["message"] == f"class: measured no rank, {SCORES_EQUAL}, expected " + (
+            "rank <= 1" if case is first else "rank <= 3"
+        )
+    score = by_name(top3)["score"]
+    assert not score["passed"] and score["measured"] == pytest.approx(1 / 3, abs=1e-6)
+    assert score["reason"] == SCORES_EQUAL
+    root = strict_junit(junit)
+    assert root.get("tests") == root.get("failures") == "3" and root.get("errors") == "0"
+    assert all(SCORES_EQUAL in f.get("message") for f in root.iter("failure"))
+    table = invoke(spec)
+    assert table.exit_code == 1 and "FAIL: 0 of 3 expectations passed" in table.stderr
+    assert table.stderr.count("no rank, all scores are equal") == 2
+
+
+def test_a_value_that_is_not_finite_fails_as_null_with_its_reason(spec_dir, tmp_path):
+    # SpreadNet divides its input by each channel's spread: a picture gives finite scores and
+    # a flat one does not; insertion starts from the all-zero input, so its AUC is NaN.
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(tmp_path / "flat.png")
+    spec = write_spec(
+        tmp_path,
+        "spread.toml",
+        model_table(str(spec_dir["folder"] / "tiny.pt"))
+        .replace(SYNTHETIC_MODEL, SYNTHETIC_MODEL.replace("TinyCAMNet", "SpreadNet"))
+        .replace("labels.txt", str(spec_dir["folder"] / "labels.txt"))
+        + case_table(name="flat", image="flat.png", expect_class=spec_dir["labels"][0])
+        + case_table(
+            name="shape", image=str(spec_dir["folder"] / "img/shape0.png"), insertion_auc_min=0.0
+        ),
+    )
+    junit = tmp_path / "spread.xml"
+    result = invoke(spec, "--json", "--junit", junit)
+    assert result.exit_code == 1, result.output
+    flat, shape = results(result)["cases"]
+    assert flat["error"] == NOT_FINITE
+    assert by_name(flat)["class"]["reason"] == NOT_FINITE
+    assert shape["error"] is None and shape["prediction"] is not None
+    (insertion,) = shape["expectations"]
+    assert insertion == {
+        "expectation": "insertion_auc", "passed": False, "measured": None, "threshold": 0.0,
+        "reason": "not finite (NaN or inf)",
+        "message": "insertion_auc: measured n/a, not finite (NaN or inf), expected >= 0",
+    }  # fmt: skip
+    root = strict_junit(junit)
+    assert root.get("errors") == "1" and root.get("failures") == "1"
 
 
 # --- spec errors: exit 2, the spec and the case named, nothing computed ------------------

@@ -34,7 +34,7 @@ from camcli.methods.base import CamContext
 from camcli.methods.baselines import RandomCAM, SobelEdges
 from camcli.models import LoadedModel
 from camcli.sources import collect_sources
-from conftest import SYNTHETIC_MODEL, tiny_args
+from conftest import SYNTHETIC_MODEL, strict_json, tiny_args
 
 N_IMAGES = 4
 
@@ -265,7 +265,7 @@ def test_sanity_check_separates_gradcam_from_randomcam_and_sobel(tiny_model, sha
     assert len(items) == N_IMAGES and not errors
     results = evaluate_methods(
         loaded, ["gradcam", "randomcam", "sobel"], items, Settings(families=("sanity",))
-    )
+    ).results
     verdict = {r.name: r.sane for r in results}
     assert verdict == {"gradcam": True, "randomcam": False, "sobel": False}
     stages = {r.name: r.stages for r in results}
@@ -324,7 +324,7 @@ def test_cli_json_plots_and_pointing_with_a_bad_file(tiny_checkpoint, tmp_path):
     )  # fmt: skip
     assert result.returncode == 1, result.stderr  # one file could not be read
     assert "broken.png" in result.stderr and "Traceback" not in result.stderr
-    found = json.loads(result.stdout)
+    found = strict_json(result.stdout)
     assert found["model"] == SYNTHETIC_MODEL
     assert found["images"] == ["s0.png", "s1.png", "s2.png"]
     assert set(found["methods"]) == {"gradcam", "randomcam"}
@@ -334,7 +334,8 @@ def test_cli_json_plots_and_pointing_with_a_bad_file(tiny_checkpoint, tmp_path):
         "deletion_auc", "insertion_auc", "pointing_game", "energy_pointing",
     }  # fmt: skip
     for metric in grad["metrics"].values():
-        assert set(metric) == {"mean", "low", "high", "values"} and len(metric["values"]) == 3
+        assert set(metric) == {"mean", "low", "high", "values", "reason"}
+        assert len(metric["values"]) == 3 and metric["reason"] is None
         assert metric["low"] <= metric["mean"] <= metric["high"]
         assert metric["mean"] == pytest.approx(np.mean(metric["values"]))
     assert grad["metrics"]["pointing_game"]["mean"] == 1.0  # the trained model finds the shapes
@@ -389,6 +390,107 @@ def test_cli_refuses_json_with_csv_and_an_unknown_method(tiny_checkpoint, shape_
     unknown = invoke("evaluate", shape_folder, *tiny_args(tiny_checkpoint), "--method", "gradcan")
     assert unknown.exit_code == 2 and "did you mean gradcam" in unknown.stderr
     assert unknown.stdout == ""
+
+
+NOT_FINITE = "the model's output is not finite (NaN or inf in the logits)"
+
+
+def test_a_broken_model_gives_standard_json_and_csv(
+    tiny_checkpoint, broken_checkpoints, shape_folder
+):
+    def evaluate(checkpoint: Path, *output: str):
+        args = tiny_args({**tiny_checkpoint, "checkpoint": checkpoint})
+        return invoke("evaluate", shape_folder, *args, "--method", "gradcam", "--metric",
+                      "deletion", "--metric", "confidence", "--steps", "4", *output)  # fmt: skip
+
+    # A diverged model: no image is evaluated, each says why, and so does the end.
+    diverged = evaluate(broken_checkpoints["nan"], "--json")
+    assert diverged.exit_code == 1, diverged.output
+    lines = diverged.stderr.splitlines()
+    assert sorted(lines[:N_IMAGES]) == [
+        f"error: {shape_folder / f'shape{i}.png'}: {NOT_FINITE}" for i in range(N_IMAGES)
+    ]
+    assert lines[N_IMAGES:] == [
+        f"error: none of the {N_IMAGES} images could be evaluated; every metric is n/a"
+    ]
+    found = strict_json(diverged.stdout)
+    assert found["images"] == [] and len(found["errors"]) == N_IMAGES
+    assert all(e["error"].endswith(NOT_FINITE) for e in found["errors"])
+    metrics = found["methods"]["gradcam"]["metrics"]
+    assert set(metrics) == {"deletion_auc", "insertion_auc", "average_drop", "confidence_increase"}
+    for metric in metrics.values():
+        assert metric == {
+            "mean": None, "low": None, "high": None, "values": [],
+            "reason": "no image was evaluated",
+        }  # fmt: skip
+    assert found["methods"]["gradcam"]["curves"] == {}
+    as_csv = evaluate(broken_checkpoints["nan"], "--csv")
+    assert as_csv.exit_code == 1
+    (row,) = csv.DictReader(io.StringIO(as_csv.stdout))
+    assert row.pop("method") == "gradcam" and set(row.values()) == {""}
+    # A zero head: every score equal, yet every number is a number.
+    zero = evaluate(broken_checkpoints["zero_head"], "--json")
+    assert zero.exit_code == 0, zero.output
+    found = strict_json(zero.stdout)
+    for metric in found["methods"]["gradcam"]["metrics"].values():
+        assert metric["reason"] is None and len(metric["values"]) == N_IMAGES
+        assert all(isinstance(v, float) for v in [metric["mean"], *metric["values"]])
+    zero_csv = evaluate(broken_checkpoints["zero_head"], "--csv")
+    assert zero_csv.exit_code == 0
+    (row,) = csv.DictReader(io.StringIO(zero_csv.stdout))
+    assert row.pop("method") == "gradcam"
+    assert all(np.isfinite(float(v)) for v in row.values())
+
+
+def test_images_the_model_cannot_score_are_left_out_and_nan_values_are_null(
+    tiny_checkpoint, shape_folder, tmp_path
+):
+    # SpreadNet divides its input by each channel's spread: a flat picture gives a score that
+    # is not finite, and so does the all-zero input deletion ends with and insertion starts
+    # from, on every image.
+    folder = tmp_path / "with-flat"
+    folder.mkdir()
+    for i in range(N_IMAGES):
+        (folder / f"shape{i}.png").symlink_to(shape_folder / f"shape{i}.png")
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(folder / "flat.png")
+    args = [
+        folder, *tiny_args(tiny_checkpoint), "--model", SYNTHETIC_MODEL.replace("TinyCAMNet",
+        "SpreadNet"), "--method", "gradcam", "--metric", "deletion", "--metric", "confidence",
+        "--steps", "4",
+    ]  # fmt: skip
+    page, plots = tmp_path / "evaluation.html", tmp_path / "plots"
+    result = invoke("evaluate", *args, "--json", "--report", page, "--plots", plots)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines() == [
+        f"error: {folder / 'flat.png'}: {NOT_FINITE}",
+        f"1 of {N_IMAGES + 1} images could not be evaluated",
+    ]
+    found = strict_json(result.stdout)
+    assert found["images"] == [f"shape{i}.png" for i in range(N_IMAGES)]
+    assert [e["input"] for e in found["errors"]] == [str(folder / "flat.png")]
+    metrics = found["methods"]["gradcam"]["metrics"]
+    reason = (
+        f"{N_IMAGES} of {N_IMAGES} values are not finite (NaN or inf), left out of the mean "
+        "(the model's output on a perturbed input?)"
+    )
+    for name in ("deletion_auc", "insertion_auc"):
+        assert metrics[name] == {
+            "mean": None, "low": None, "high": None, "values": [None] * N_IMAGES,
+            "reason": reason,
+        }  # fmt: skip
+    drop = metrics["average_drop"]
+    assert drop["reason"] is None and len(drop["values"]) == N_IMAGES
+    assert drop["mean"] == pytest.approx(np.mean(drop["values"]))
+    assert found["methods"]["gradcam"]["curves"] == {"deletion": [], "insertion": []}
+    html = page.read_text()
+    cells = html[html.index('<table id="metrics">') :].split("</table>")[0]
+    assert cells.count("n/a") == 6 and "nan" not in cells.lower()  # 2 metrics x mean, low, high
+    assert cv2.imread(str(plots / "deletion.png")) is not None
+    as_csv = invoke("evaluate", *args, "--csv")
+    assert as_csv.exit_code == 1
+    (row,) = csv.DictReader(io.StringIO(as_csv.stdout))
+    assert row["deletion_auc_mean"] == row["insertion_auc_high"] == ""
+    assert float(row["average_drop_mean"]) == pytest.approx(drop["mean"])
 
 
 # --- check's faithfulness expectations -----------------------------------------------------

@@ -51,6 +51,22 @@ def test_nan_weights_give_a_problem_per_image_and_no_nan(tiny_checkpoint, tmp_pa
     assert np.isfinite(result.scores).all() and np.isfinite(result.maps).all()
 
 
+def test_a_method_that_judges_the_output_names_nan_as_the_reason(broken_checkpoints, tmp_path):
+    # CAM fits its head to the setup probe's logits; on NaN no fit holds, and its own message
+    # (no linear layer maps the channels to the classes) would send the user the wrong way.
+    image = random_image(tmp_path / "img.png", size=(64, 64))
+    args = ["run", str(image), "-m", SYNTHETIC_MODEL, "--checkpoint", str(broken_checkpoints["nan"]),
+            "--input-size", "64", "-o", str(tmp_path / "out"), "--device", "cpu", "-q",
+            "--method", "cam"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: cam cannot be set up: the model's output is not finite (NaN or inf in the "
+        "logits) on a random input (weights that hold NaN or inf, from a training run that "
+        "diverged?)\n"
+    )
+
+
 def test_finite_outputs_have_no_problems(tiny_checkpoint):
     loaded = tiny(tiny_checkpoint)
     result = explain(loaded, to_model_input(shapes(), loaded), method="cam")
@@ -106,14 +122,14 @@ def test_nan_checkpoint_is_an_error_record_from_the_cli(tmp_path):
 # 4. A map that is zero everywhere says why.
 
 
-def test_zero_head_blank_maps_say_all_logits_are_equal(tmp_path):
+def test_zero_head_blank_maps_say_all_scores_are_equal(tmp_path):
     loaded = load_model("resnet18", weights="none", device="cpu", input_size=64)
     torch.nn.init.zeros_(loaded.model.fc.weight)
     torch.nn.init.zeros_(loaded.model.fc.bias)
     images = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
     result = explain(loaded, to_model_input(images, loaded), method="gradcam", top_k=2)
     assert not result.maps.any()
-    reason = "all logits are equal (an untrained or zero head?)"
+    reason = "all scores are equal (an untrained or zero head?)"
     assert result.blank == [[reason, reason], [reason, reason]]
 
 
@@ -124,7 +140,7 @@ def test_zero_head_blank_map_is_a_warning_in_the_record(tmp_path):
     result, _, (record,) = run_tiny(tmp_path, state)
     assert result.exit_code == 0, result.output
     assert record["status"] == "ok"
-    assert record["warning"] == "all logits are equal (an untrained or zero head?)"
+    assert record["warning"] == "all scores are equal (an untrained or zero head?)"
 
 
 def test_no_positive_evidence_names_the_layer(tiny_checkpoint):

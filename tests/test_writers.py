@@ -3,14 +3,16 @@
 import json
 import math
 import os
+import re
 from pathlib import Path, PurePosixPath
 
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+import camcli
 from camcli.cli import app
-from camcli.writers import json_line, output_path, write_atomic
+from camcli.writers import json_line, json_text, output_path, write_atomic
 from conftest import tiny_args
 
 
@@ -37,6 +39,19 @@ def test_json_line_is_one_line_of_utf8_that_loads_back_the_same(name):
 def test_json_line_refuses_non_finite_numbers(bad):
     with pytest.raises(ValueError):
         json_line({"score": bad})
+    with pytest.raises(ValueError):
+        json_text({"metrics": {"auc": [0.5, bad]}}, indent=2)
+
+
+def test_json_is_written_in_one_place():
+    # json_text refuses NaN and inf: any other json.dump would print them as NaN tokens.
+    package = Path(camcli.__file__).parent
+    writers = [
+        path.relative_to(package).as_posix()
+        for path in sorted(package.rglob("*.py"))
+        if re.search(r"\bjson\.dumps?\(", path.read_text(encoding="utf-8"))
+    ]
+    assert writers == ["writers.py"]
 
 
 # -- output names -------------------------------------------------------------------------------

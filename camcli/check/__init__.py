@@ -8,7 +8,6 @@ failing cases) and ``reports`` (table, JSON, JUnit).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from camcli.check.reports import (
 )
 from camcli.check.results import CaseResult, Outcome, Report
 from camcli.errors import EXIT_OK, UsageError
-from camcli.writers import write_atomic
+from camcli.writers import json_text, write_atomic
 
 __all__ = [
     "CaseResult",
@@ -91,7 +90,7 @@ def run_check(
     if save_failures_to is not None:
         console.print(escape(failures_line(report)))
     if json_out:
-        sys.stdout.write(json.dumps(report_json(report), ensure_ascii=False, indent=2) + "\n")
+        sys.stdout.write(json_text(report_json(report), indent=2) + "\n")
         sys.stdout.flush()
     if junit is not None:
         write_atomic(junit, junit_xml(report))

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from camcli.check.measure import map_similarity
-from camcli.check.results import CaseResult, Outcome
+from camcli.check.results import CaseResult, Outcome, compared
 from camcli.writers import encode_npy, write_atomic
 
 _UNCHANGED_RTOL = 1e-5  # a rewritten baseline within this of the old peak is "unchanged"
@@ -38,15 +38,14 @@ def compare_baseline(result: CaseResult, size: int) -> None:
             "input size?); run --update-baselines if the change is intended"
         )
         for name, low in checks:
-            result.outcomes.append(Outcome(name, False, None, low, text, f">= {low:g}"))
+            result.outcomes.append(
+                Outcome(name, False, None, low, text, f">= {low:g}", reason=text)
+            )
         return
     pearson, iou = map_similarity(cam, baseline, size)
     for name, low in checks:
-        value = pearson if name == "baseline-pearson" else iou
-        label = "r" if name == "baseline-pearson" else "IoU"
-        result.outcomes.append(
-            Outcome(name, value >= low, round(value, 6), low, f"{label} {value:.3f}", f">= {low:g}")
-        )
+        value, label = (pearson, "r ") if name == "baseline-pearson" else (iou, "IoU ")
+        result.outcomes.append(compared(name, value, low, label=label))
 
 
 def write_baselines(results: list[CaseResult], console: Console, size: int) -> None:

@@ -16,10 +16,12 @@ from camcli.explain import Explainer, Target, to_model_input
 from camcli.images import load_image, model_view
 from camcli.models import LoadedModel
 from camcli.spec import CheckSpec
+from camcli.targets import output_problems, scores_equal
 
 
 def _fail_case(result: CaseResult, reason: str, update_baselines: bool) -> None:
-    """An image or model failure during the run: every expectation of the case errors."""
+    """An image or model failure during the run (an unreadable image, a model output that is
+    not finite): every expectation of the case errors, with ``reason``."""
     case = result.case
     result.error = reason
     names = []
@@ -35,7 +37,9 @@ def _fail_case(result: CaseResult, reason: str, update_baselines: bool) -> None:
         names += ["baseline-iou"] if case.min_iou is not None else []
     names += outcome_names(result)
     for name in names or ["run"]:
-        result.outcomes.append(Outcome(name, False, None, None, reason, "-", error=True))
+        result.outcomes.append(
+            Outcome(name, False, None, None, reason, "-", error=True, reason=reason)
+        )
 
 
 def evaluate(
@@ -84,24 +88,44 @@ def _explain_batch(
     with torch.inference_mode():
         # The head's scores (softmax, sigmoid, a segmentation class's share of the pixels).
         scores = explainer.head(loaded.model(batch)).float()
-        probs = explainer.head.probabilities(scores).cpu().numpy()
+        probs_t = explainer.head.probabilities(scores)
+    # A case whose model output is not finite has no prediction and no map: `run`'s rule.
+    problems = output_problems(scores)
+    tied = scores_equal(probs_t)
+    probs = probs_t.cpu().numpy()
     groups: dict[int, list[int]] = {}
-    explained: list[int] = []
+    explained: dict[int, int] = {}
     for i, (result, _, _) in enumerate(ready):
+        if problems[i] is not None:
+            continue
         target: Target = result.case.target
         ranked = np.argsort(-probs[i], kind="stable")
         index = int(target.index) if target.index is not None else int(ranked[target.rank - 1])
         result.prediction = class_info(loaded, int(ranked[0]), probs[i])
         result.explained = class_info(loaded, index, probs[i])
-        explained.append(index)
+        explained[i] = index
         groups.setdefault(index, []).append(i)
     for index, members in groups.items():
         rows = torch.as_tensor(members, device=batch.device)
-        maps = explainer.explain(batch.index_select(0, rows), [Target(index=index)]).maps
+        explanation = explainer.explain(batch.index_select(0, rows), [Target(index=index)])
         for k, i in enumerate(members):
-            ready[i][0].cam = maps[k, 0]
+            problems[i] = explanation.problems[k] if explanation.problems else None
+            if problems[i] is None:
+                ready[i][0].cam = explanation.maps[k, 0]
+    measured = []
     for i, (result, _, shape) in enumerate(ready):
-        measure_case(result, probs[i], shape)
+        if problems[i] is not None:
+            _fail_case(result, problems[i], update_baselines)
+            continue
+        measure_case(result, probs[i], shape, tied[i])
         if result.case.baseline is not None and not update_baselines:
             compare_baseline(result, loaded.preprocess.crop_size)
-    measure_faithfulness([r for r, _, _ in ready], explainer, batch, explained)
+        measured.append(i)
+    if measured:
+        rows = torch.as_tensor(measured, device=batch.device)
+        measure_faithfulness(
+            [ready[i][0] for i in measured],
+            explainer,
+            batch.index_select(0, rows),
+            [explained[i] for i in measured],
+        )

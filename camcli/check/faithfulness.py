@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from camcli.check.results import CaseResult, Outcome
+from camcli.check.results import CaseResult, compared
 from camcli.evaluate.deletion import deletion_insertion
 from camcli.evaluate.scoring import Scorer, at_input_size
 from camcli.explain import Explainer
@@ -59,26 +59,10 @@ def measure_faithfulness(
     for k, i in enumerate(rows):
         case = results[i].case
         if case.insertion_auc_min is not None:
-            value = insertion[k]
             results[i].outcomes.append(
-                Outcome(
-                    "insertion_auc",
-                    value >= case.insertion_auc_min,
-                    round(value, 6),
-                    case.insertion_auc_min,
-                    f"{value:.3f}",
-                    f">= {case.insertion_auc_min:g}",
-                )
+                compared("insertion_auc", insertion[k], case.insertion_auc_min)
             )
         if case.deletion_auc_max is not None:
-            value = deletion[k]
             results[i].outcomes.append(
-                Outcome(
-                    "deletion_auc",
-                    value <= case.deletion_auc_max,
-                    round(value, 6),
-                    case.deletion_auc_max,
-                    f"{value:.3f}",
-                    f"<= {case.deletion_auc_max:g}",
-                )
+                compared("deletion_auc", deletion[k], case.deletion_auc_max, at_most=True)
             )

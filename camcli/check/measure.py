@@ -19,9 +19,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from camcli.check.results import CaseResult, Outcome, named
+from camcli.check.results import CaseResult, Outcome, compared, named
 from camcli.images import Box
 from camcli.render import normalise, upsample
+from camcli.spec import CaseSpec
+from camcli.targets import SCORES_EQUAL
 
 TOP_FRACTION = 0.2  # the share of pixels in the "top region" of the baseline IoU
 
@@ -89,39 +91,43 @@ def map_similarity(current: np.ndarray, baseline: np.ndarray, size: int) -> tupl
     return pearson, iou
 
 
-def measure_case(result: CaseResult, probs: np.ndarray, image_shape: tuple[int, int]) -> None:
-    """The class, score, pointing and energy outcomes of one explained case."""
+def _class_outcomes(case: CaseSpec, probs: np.ndarray, top: dict, tied: bool) -> list[Outcome]:
+    """The class outcome (and the score one): both fail where all scores are equal, for no
+    class then ranks above another (a zero head would put any expected class first)."""
+    p = float(probs[case.expect_index])
+    expected = f"rank <= {case.top_k}"
+    if tied:
+        outcomes = [
+            Outcome("class", False, None, case.top_k, f"no rank, {SCORES_EQUAL}", expected,
+                    reason=SCORES_EQUAL)
+        ]  # fmt: skip
+    else:
+        rank = 1 + int((probs > p).sum())
+        note = "" if rank == 1 else f" (top-1 is {named(top)})"
+        outcomes = [
+            Outcome("class", rank <= case.top_k, rank, case.top_k, f"rank {rank}{note}", expected)
+        ]
+    if case.min_score is not None:
+        score = compared("score", p, case.min_score)
+        if tied:
+            score.passed, score.reason = False, SCORES_EQUAL
+            score.measured_text += f", {SCORES_EQUAL}"
+        outcomes.append(score)
+    return outcomes
+
+
+def measure_case(
+    result: CaseResult, probs: np.ndarray, image_shape: tuple[int, int], tied: bool
+) -> None:
+    """The class, score, pointing and energy outcomes of one explained case; ``tied``: all of
+    the image's scores are equal (``camcli.targets.scores_equal``)."""
     case = result.case
     cam = result.cam
     assert cam is not None and result.view_box is not None
     outcomes = result.outcomes
     if case.expect_index is not None:
-        p = float(probs[case.expect_index])
-        rank = 1 + int((probs > p).sum())
-        top = result.prediction
-        assert top is not None
-        note = "" if rank == 1 else f" (top-1 is {named(top)})"
-        outcomes.append(
-            Outcome(
-                "class",
-                rank <= case.top_k,
-                rank,
-                case.top_k,
-                f"rank {rank}{note}",
-                f"rank <= {case.top_k}",
-            )
-        )
-        if case.min_score is not None:
-            outcomes.append(
-                Outcome(
-                    "score",
-                    p >= case.min_score,
-                    round(p, 6),
-                    case.min_score,
-                    f"{p:.3f}",
-                    f">= {case.min_score:g}",
-                )
-            )
+        assert result.prediction is not None
+        outcomes += _class_outcomes(case, probs, result.prediction, tied)
     if case.boxes:
         peak, energy = peak_and_energy(cam, result.view_box, image_shape, case.boxes)
         result.peak = peak
@@ -135,16 +141,8 @@ def measure_case(result: CaseResult, probs: np.ndarray, image_shape: tuple[int, 
                 else (f"peak ({peak[0]}, {peak[1]}) " + ("inside" if hit else "outside"))
             )
             outcomes.append(
-                Outcome("pointing", hit, list(peak) if peak else None, boxes, text, f"peak {where}")
-            )
+                Outcome("pointing", hit, list(peak) if peak else None, boxes, text, f"peak {where}",
+                        reason=None if peak else text)
+            )  # fmt: skip
         if case.min_energy is not None:
-            outcomes.append(
-                Outcome(
-                    "energy",
-                    energy >= case.min_energy,
-                    round(energy, 6),
-                    case.min_energy,
-                    f"{energy:.3f}",
-                    f">= {case.min_energy:g}",
-                )
-            )
+            outcomes.append(compared("energy", energy, case.min_energy))

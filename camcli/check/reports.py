@@ -52,6 +52,7 @@ def _outcome_json(outcome: Outcome) -> dict[str, Any]:
         "passed": outcome.passed,
         "measured": outcome.measured,
         "threshold": outcome.threshold,
+        "reason": outcome.reason,
         "message": outcome.message(),
     }
 

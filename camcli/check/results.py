@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,17 @@ from camcli.images import Box
 from camcli.models import LoadedModel
 from camcli.spec import CaseSpec, CheckSpec
 
+#: Why a measured value is missing from the outputs: JSON has no NaN or inf.
+NOT_FINITE = "not finite (NaN or inf)"
+
 
 @dataclass
 class Outcome:
-    """One expectation of one case: what was measured and whether it passed."""
+    """One expectation of one case: what was measured and whether it passed.
+
+    ``reason`` says why ``measured`` is missing (None) or does not count (a failed image, a
+    value that is not finite, all scores equal); None when it is the whole story.
+    """
 
     expectation: str
     passed: bool
@@ -26,9 +34,30 @@ class Outcome:
     measured_text: str
     threshold_text: str
     error: bool = False
+    reason: str | None = None
 
     def message(self) -> str:
         return f"{self.expectation}: measured {self.measured_text}, expected {self.threshold_text}"
+
+
+def compared(
+    expectation: str, value: float, limit: float, *, at_most: bool = False, label: str = ""
+) -> Outcome:
+    """``value >= limit`` (``<=`` with ``at_most``) as an outcome; ``label`` prefixes the text.
+
+    A value that is not finite fails, its measured value null with ``NOT_FINITE`` as the
+    reason (an infinite one would otherwise pass one side of the comparison).
+    """
+    threshold_text = f"{'<=' if at_most else '>='} {limit:g}"
+    if not math.isfinite(value):
+        return Outcome(
+            expectation, False, None, limit, f"n/a, {NOT_FINITE}", threshold_text,
+            reason=NOT_FINITE,
+        )  # fmt: skip
+    passed = value <= limit if at_most else value >= limit
+    return Outcome(
+        expectation, passed, round(value, 6), limit, f"{label}{value:.3f}", threshold_text
+    )
 
 
 @dataclass

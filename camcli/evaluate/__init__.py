@@ -11,7 +11,6 @@ and CSV; ``plots`` the curves as PNG.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from camcli.models import load_model
 from camcli.progress import StdoutConsole, one_line
 from camcli.sources import collect_sources
 from camcli.spec import read_boxes
+from camcli.writers import json_text
 
 __all__ = ["FAMILIES", "Evaluation", "ModelOptions", "Settings", "run_evaluate"]
 
@@ -73,8 +73,9 @@ def run_evaluate(
     console: Console | None = None,
 ) -> int:
     """Evaluate ``methods`` on the images in ``paths``; print the table (or ``output`` =
-    "json" / "csv" on stdout); returns 0, or 1 when some image could not be read. With
-    ``report``, also that HTML page (``camcli.report.evaluation``).
+    "json" / "csv" on stdout); returns 0, or 1 when some image could not be evaluated (not
+    read, or the model's output on it is not finite). With ``report``, also that HTML page
+    (``camcli.report.evaluation``).
 
     Every option is checked (UsageError, exit 2) before any image is explained.
     """
@@ -143,8 +144,10 @@ def run_evaluate(
             else:
                 bar.update(task, advance=n)
 
-        results = evaluate_methods(loaded, methods, items, settings, passes=passes, advance=advance)
-    evaluation = Evaluation(loaded.name, items, errors, results, settings)
+        evaluation = evaluate_methods(
+            loaded, methods, items, settings, errors=errors, on_error=error, passes=passes,
+            advance=advance,
+        )  # fmt: skip
     if plots is not None:
         found = report_json(evaluation)["methods"]
         aucs = {
@@ -156,7 +159,7 @@ def run_evaluate(
 
         write_evaluation_report(report_json(evaluation), report)
     if output == "json":
-        sys.stdout.write(json.dumps(report_json(evaluation), ensure_ascii=False, indent=2) + "\n")
+        sys.stdout.write(json_text(report_json(evaluation), indent=2) + "\n")
     elif output == "csv":
         sys.stdout.write(report_csv(evaluation))
     else:
@@ -166,6 +169,9 @@ def run_evaluate(
             screen = StdoutConsole(width=400)
         screen.print(table(evaluation))
     sys.stdout.flush()
-    if errors and not quiet:
-        console.print(f"{len(errors)} of {len(errors) + len(items)} images could not be read")
-    return EXIT_SOME_FAILED if errors else EXIT_OK
+    failed, count = len(evaluation.errors), len(evaluation.errors) + len(evaluation.items)
+    if not evaluation.items:
+        error(f"none of the {count} images could be evaluated; every metric is n/a")
+    elif failed and not quiet:
+        console.print(f"{failed} of {count} images could not be evaluated")
+    return EXIT_SOME_FAILED if failed else EXIT_OK

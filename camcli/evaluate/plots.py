@@ -38,9 +38,12 @@ def _text(canvas: np.ndarray, text: str, at: tuple[int, int], scale: float = 0.4
 
 
 def chart(
-    title: str, curves: Mapping[str, Sequence[Sequence[float]]], aucs: Mapping[str, float]
+    title: str,
+    curves: Mapping[str, Sequence[Sequence[float]]],
+    aucs: Mapping[str, float | None],
 ) -> np.ndarray:
-    """An RGB (HEIGHT, WIDTH, 3) chart of ``{method: [[fraction, score], ...]}``."""
+    """An RGB (HEIGHT, WIDTH, 3) chart of ``{method: [[fraction, score], ...]}``; a method
+    without a curve (no image's was finite) is in the legend only, its AUC n/a."""
     canvas = np.full((HEIGHT, WIDTH, 3), 255, dtype=np.uint8)
     for tick in np.linspace(0.0, 1.0, 5):
         x, _ = _point(float(tick), 0.0)
@@ -55,18 +58,21 @@ def chart(
     _text(canvas, "p(class)", (8, _TOP - 14))
     for k, (method, points) in enumerate(curves.items()):
         colour = _PALETTE[k % len(_PALETTE)]
-        line = np.array([_point(f, s) for f, s in points], dtype=np.int32).reshape(-1, 1, 2)
-        cv2.polylines(canvas, [line], False, colour, 2, cv2.LINE_AA)
+        if points:
+            line = np.array([_point(f, s) for f, s in points], dtype=np.int32).reshape(-1, 1, 2)
+            cv2.polylines(canvas, [line], False, colour, 2, cv2.LINE_AA)
         y = _TOP + 12 + 20 * k
         cv2.line(canvas, (WIDTH - _RIGHT + 12, y - 4), (WIDTH - _RIGHT + 36, y - 4), colour, 2)
-        _text(canvas, f"{method} ({aucs[method]:.3f})", (WIDTH - _RIGHT + 42, y))
+        auc = aucs[method]
+        _text(canvas, f"{method} ({'n/a' if auc is None else f'{auc:.3f}'})",
+              (WIDTH - _RIGHT + 42, y))  # fmt: skip
     return canvas
 
 
 def write_plots(
     folder: Path,
     curves: Mapping[str, Mapping[str, Sequence[Sequence[float]]]],
-    aucs: Mapping[str, Mapping[str, float]],
+    aucs: Mapping[str, Mapping[str, float | None]],
 ) -> list[Path]:
     """``folder/<curve>.png`` for each curve ("deletion", "insertion"), written atomically.
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from typing import Any
 
 from rich.table import Table
 
+from camcli.check.results import NOT_FINITE
 from camcli.evaluate.runner import FAMILIES, HIGHER_IS_BETTER, Evaluation, MethodResult
 from camcli.evaluate.sanity import SANITY_THRESHOLD
 from camcli.evaluate.stats import interval
@@ -23,13 +25,31 @@ def metric_names(evaluation: Evaluation) -> list[str]:
     return names
 
 
+def _summary(values: list[float | None], images: int, seed: int) -> dict[str, Any]:
+    """``{mean, low, high, values, reason}`` of one metric: a value that is not finite (the
+    model's output on a perturbed input was not) is null and left out of the mean, and
+    ``reason`` says why a number is null (None when none is, or only those of images the
+    metric does not apply to)."""
+    finite = [v if v is None or math.isfinite(v) else None for v in values]
+    bad = sum(v is not None and not math.isfinite(v) for v in values)
+    found = interval(finite, seed)
+    reason = None
+    if not images:
+        reason = "no image was evaluated"
+    elif bad:
+        reason = (
+            f"{bad} of {len(values)} values are {NOT_FINITE}, left out of the mean (the "
+            "model's output on a perturbed input?)"
+        )
+    elif found["mean"] is None:
+        reason = "no evaluated image has a value"
+    return {**found, "values": finite, "reason": reason}
+
+
 def summaries(evaluation: Evaluation, result: MethodResult) -> dict[str, dict[str, Any]]:
-    """``{metric: {mean, low, high, values}}`` for one method."""
-    seed = evaluation.settings.seed
-    return {
-        name: {**interval(result.values[name], seed), "values": result.values[name]}
-        for name in metric_names(evaluation)
-    }
+    """``{metric: {mean, low, high, values, reason}}`` for one method (``_summary``)."""
+    seed, images = evaluation.settings.seed, len(evaluation.items)
+    return {name: _summary(result.values[name], images, seed) for name in metric_names(evaluation)}
 
 
 def report_json(evaluation: Evaluation) -> dict[str, Any]:
@@ -72,7 +92,7 @@ def report_json(evaluation: Evaluation) -> dict[str, Any]:
 
 def _cell(summary: dict[str, Any]) -> str:
     if summary["mean"] is None:
-        return "-"
+        return "n/a"
     return f"{summary['mean']:.3f} [{summary['low']:.3f}, {summary['high']:.3f}]"
 
 

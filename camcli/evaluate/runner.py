@@ -26,6 +26,7 @@ from camcli.explain import Explainer, Target, to_model_input
 from camcli.images import Box, load_image, model_view
 from camcli.models import LoadedModel
 from camcli.sources import Source
+from camcli.targets import output_problems
 
 #: Metric families (``--metric``) and the metrics each gives, in table order.
 FAMILIES: dict[str, tuple[str, ...]] = {
@@ -101,6 +102,10 @@ class MethodResult:
 
 @dataclass
 class Evaluation:
+    """What ``evaluate_methods`` found: the images evaluated, ``(input, error)`` for those
+    that were not (unreadable, or the model's output on them is not finite), each method's
+    result."""
+
     model: str
     items: list[Item]
     errors: list[tuple[str, str]]
@@ -162,25 +167,29 @@ def _explain(
 
 
 class _CurveSums:
-    """Running sums of the curves, for their mean over images."""
+    """Running sums of the curves, for their mean over the images whose curve is finite (those
+    whose AUC is: the same images as the AUC's mean)."""
 
     def __init__(self) -> None:
         self.fractions: list[float] = []
         self.sums: dict[str, np.ndarray] = {}
-        self.count = 0
+        self.counts: dict[str, int] = {}
 
     def add(self, fractions: torch.Tensor, curves: Mapping[str, torch.Tensor]) -> None:
         self.fractions = fractions.tolist()
         for name, curve in curves.items():
-            total = curve.double().sum(dim=0).cpu().numpy()
-            self.sums[name] = self.sums.get(name, 0.0) + total
-        self.count += next(iter(curves.values())).shape[0]
+            finite = curve[torch.isfinite(curve).all(dim=1)].double()
+            self.sums[name] = self.sums.get(name, 0.0) + finite.sum(dim=0).cpu().numpy()
+            self.counts[name] = self.counts.get(name, 0) + finite.shape[0]
 
     def means(self) -> dict[str, list[list[float]]]:
-        return {
-            name: [[f, float(s / self.count)] for f, s in zip(self.fractions, sums, strict=True)]
-            for name, sums in self.sums.items()
-        }
+        """Each mean curve as ``[[fraction, score], ...]``; empty where no image's is finite."""
+        means = {}
+        for name, sums in self.sums.items():
+            count = self.counts[name]
+            points = zip(self.fractions, sums, strict=True)
+            means[name] = [[f, float(s / count)] for f, s in points] if count else []
+        return means
 
 
 def _pointing(item: Item, cam: np.ndarray) -> tuple[float | None, float | None]:
@@ -290,19 +299,47 @@ def _sanity(
         ]
 
 
+def screen(
+    scorer: Scorer,
+    items: Sequence[Item],
+    batch_size: int,
+    on_error: Callable[[str], None] | None = None,
+) -> tuple[list[Item], list[tuple[str, str]]]:
+    """The items whose model output is finite, and ``(input, error)`` for the others (each
+    told to ``on_error``): ``camcli.targets.output_problems``, the rule ``run`` and ``check``
+    apply. Such an image's every metric would be NaN, and one NaN makes every mean NaN."""
+    kept, errors = [], []
+    for _, batch in _batches(items, batch_size):
+        inputs = to_model_input(np.stack([item.view for item in batch]), scorer.explainer.loaded)
+        for item, problem in zip(batch, output_problems(scorer.logits(inputs)), strict=True):
+            if problem is None:
+                kept.append(item)
+                continue
+            message = f"{item.source.display}: {problem}"
+            errors.append((item.source.display, message))
+            if on_error is not None:
+                on_error(message)
+    return kept, errors
+
+
 def evaluate_methods(
     loaded: LoadedModel,
     methods: Sequence[str],
     items: Sequence[Item],
     settings: Settings,
     *,
+    errors: Sequence[tuple[str, str]] = (),
+    on_error: Callable[[str], None] | None = None,
     passes: Callable[[int], None] | None = None,
     advance: Callable[[int], None] | None = None,
-) -> list[MethodResult]:
+) -> Evaluation:
     """Each method's metrics over ``items``, in ``methods`` order.
 
-    ``passes`` hears the forward passes run on perturbed inputs; ``advance`` first gets minus
-    the number of (method, image, phase) steps in all, then the steps done as they finish.
+    An image on which the model's output is not finite is not evaluated (``screen``): it
+    joins ``errors`` (those of ``load_items``) and ``on_error`` hears of it; the metrics are
+    over the other images, and with none left every metric is over no image. ``passes`` hears
+    the forward passes run on perturbed inputs; ``advance`` first gets minus the number of
+    (method, image, phase) steps in all, then the steps done as they finish.
     """
     if not items:
         raise UsageError("no image could be read; nothing to evaluate")
@@ -316,6 +353,9 @@ def evaluate_methods(
         )
         for method in dict.fromkeys(methods)
     }
+    first = next(iter(explainers.values()))
+    items, untrusted = screen(Scorer(first, settings.chunk_size, passes), items,
+                              settings.batch_size, on_error)  # fmt: skip
     results = {m: MethodResult(m, e.layer_names) for m, e in explainers.items()}
     if advance is not None:
         stages = len(cascade(loaded.model, settings.stages)) if "sanity" in settings.families else 0
@@ -325,5 +365,11 @@ def evaluate_methods(
         for method, explainer in explainers.items()
     }
     if "sanity" in settings.families:
-        _sanity(loaded, list(explainers), items, settings, trained, results, advance)
-    return list(results.values())
+        if items:
+            _sanity(loaded, list(explainers), items, settings, trained, results, advance)
+        else:
+            for result in results.values():
+                result.values["sanity_rho"] = []
+    return Evaluation(
+        loaded.name, list(items), [*errors, *untrusted], list(results.values()), settings
+    )

@@ -35,15 +35,20 @@ class Scorer:
         self.chunk_size = max(1, int(chunk_size))
         self.passes = passes
 
-    def distributions(self, inputs: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) inputs -> (B, C) float32 ``softmax(f(x))``, one pass."""
+    def logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) inputs -> (B, C) float32 ``f(x)`` (the head's scores), one pass."""
         with torch.inference_mode():
             # The explainer's forward for extra passes: eval mode, channels-last, autocast.
-            logits = self.explainer._logits(inputs)
-            probs = torch.softmax(logits.float(), dim=1)
+            logits = self.explainer._logits(inputs).float()
         if self.passes is not None:
             self.passes(int(inputs.shape[0]))
-        return probs
+        return logits
+
+    def distributions(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) inputs -> (B, C) float32 ``softmax(f(x))``, one pass."""
+        logits = self.logits(inputs)
+        with torch.inference_mode():
+            return torch.softmax(logits, dim=1)
 
     def probabilities(self, inputs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) inputs and (B,) classes -> (B,) float32 probabilities, one pass."""

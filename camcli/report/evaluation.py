@@ -3,7 +3,8 @@
 ``result`` is the command's ``--json`` object::
 
     {"model": str, "images": [relative paths],
-     "methods": {NAME: {"metrics": {METRIC: {"mean", "low", "high", "values": [per image]}},
+     "methods": {NAME: {"metrics": {METRIC: {"mean", "low", "high", "values": [per image],
+                                             "reason"}},
                         "curves": {"deletion": [[fraction, score], ...], "insertion": [...]}}}}
 
 The table has one row per method and one column per metric, ``mean`` over the images and its
@@ -29,8 +30,10 @@ LEFT, RIGHT, TOP, BOTTOM = 44, 12, 12, 34
 
 
 def _number(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return "-"
+    """A value as the page shows it; "n/a" where there is none (null in the JSON: the metric
+    does not apply, or its value is not finite)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return "n/a"
     return f"{value:.4g}"
 
 

@@ -8,12 +8,13 @@ works from a ``file://`` URL and from a CI artifact folder alike.
 from __future__ import annotations
 
 import html
-import json
 import os
 from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
+
+from camcli.writers import json_text
 
 
 def text(value: object) -> str:
@@ -46,7 +47,7 @@ def data_island(element_id: str, data: Any) -> str:
     ``<``, ``>`` and ``&`` are written as ``\\u003c``... so that no string (a file name such as
     ``</script>.jpg``) can end the element; JSON.parse reads them back unchanged.
     """
-    body = json.dumps(data, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    body = json_text(data)
     body = body.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return f'<script type="application/json" id="{esc(element_id)}">{body}</script>'
 
