@@ -144,6 +144,26 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
+def run_without_network(tmp_path: Path, model: str, *, offline: bool) -> str:
+    """``camcli run`` of one image with ``model`` (uncached) where nothing can be downloaded:
+    with ``--offline``, else behind a proxy that refuses every connection. Asserts exit 2,
+    nothing on stdout and one line on stderr, and returns that line."""
+    image = random_image(tmp_path / "a.png", size=(40, 32))
+    env = {"HF_HUB_OFFLINE": "0", "HTTPS_PROXY": f"http://127.0.0.1:{closed_port()}"}
+    env.update(NO_PROXY="", no_proxy="")
+    flags = ["--offline"] if offline else []
+    args = ("run", str(image), "--model", model, "-o", str(tmp_path / "out"), *flags)
+    done = camcli_cli(*args, env=env)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    if offline:
+        assert "(--offline is set, so nothing is downloaded)" in line
+    else:
+        assert "(cannot reach 127.0.0.1:" in line and "refused" in line
+    return line
+
+
 def random_image(path: Path, size=(80, 60), mode="RGB", seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)

@@ -21,7 +21,7 @@ from camcli.errors import UsageError
 from camcli.explain import Explainer, Target, to_model_input
 from camcli.images import model_view
 from camcli.models import load_model
-from conftest import camcli_cli, closed_port, random_image
+from conftest import camcli_cli, random_image, run_without_network
 
 transformers = pytest.importorskip("transformers")  # the test extra; camcli[hf] for users
 from pytorch_grad_cam import GradCAM  # noqa: E402
@@ -328,18 +328,6 @@ def test_models_lists_the_hub_cache(saved, offline_hub):
 @pytest.mark.parametrize("offline", [False, True], ids=["unreachable", "offline"])
 def test_uncached_hub_id_without_network_is_one_line_at_once(tmp_path, offline):
     # Before: 32 s and 12 lines of the hub client's retries before camcli's message.
-    image = random_image(tmp_path / "a.png", size=(40, 32))
-    env = {"HF_HUB_OFFLINE": "0", "HTTPS_PROXY": f"http://127.0.0.1:{closed_port()}"}
-    env.update(NO_PROXY="", no_proxy="")
-    flags = ["--offline"] if offline else []
-    args = ("run", str(image), "--model", "hf:camcli-tests/absent", "-o", str(tmp_path / "out"))
-    done = camcli_cli(*args, *flags, env=env)
-    assert done.returncode == 2
-    assert done.stdout == ""
-    (line,) = done.stderr.splitlines()
+    line = run_without_network(tmp_path, "hf:camcli-tests/absent", offline=offline)
     assert line.startswith("error: hf:camcli-tests/absent model config is not in the cache")
     assert "hf download camcli-tests/absent" in line
-    if offline:
-        assert "(--offline is set, so nothing is downloaded)" in line
-    else:
-        assert "(cannot reach 127.0.0.1:" in line and "refused" in line

@@ -17,7 +17,7 @@ from camcli.errors import UsageError
 from camcli.explain import Explainer, Target
 from camcli.layers import spatial_layout, token_prefix
 from camcli.models import LoadedModel, load_model
-from conftest import camcli_cli, closed_port, random_image
+from conftest import camcli_cli, random_image, run_without_network
 
 timm = pytest.importorskip("timm")  # the test extra installs it; the timm extra for users
 from pytorch_grad_cam import GradCAM  # noqa: E402
@@ -249,19 +249,6 @@ def test_missing_timm_is_a_usage_error_naming_the_extra(monkeypatch):
 @pytest.mark.parametrize("offline", [False, True], ids=["unreachable", "offline"])
 def test_uncached_weights_without_network_are_one_line_at_once(hf_cache, tmp_path, offline):
     # Before: 55 s and 23 lines of the hub client's retries before camcli's message.
-    image = random_image(tmp_path / "a.png", size=(40, 32))
-    env = {"HF_HUB_OFFLINE": "0", "HTTPS_PROXY": f"http://127.0.0.1:{closed_port()}"}
-    env.update(NO_PROXY="", no_proxy="")
-    flags = ["--offline"] if offline else []
-    done = camcli_cli(
-        "run", str(image), "--model", "timm:resnet18", "-o", str(tmp_path / "out"), *flags, env=env
-    )
-    assert done.returncode == 2
-    assert done.stdout == ""
-    (line,) = done.stderr.splitlines()
+    line = run_without_network(tmp_path, "timm:resnet18", offline=offline)
     assert line.startswith("error: timm:resnet18.a1_in1k weights are not in the cache")
     assert "hf download timm/resnet18.a1_in1k" in line
-    if offline:
-        assert "(--offline is set, so nothing is downloaded)" in line
-    else:
-        assert "(cannot reach 127.0.0.1:" in line and "refused" in line
