@@ -6,6 +6,7 @@ every installed package whose version differs from the pins in pyproject.toml, s
 a dependency that breaks camcli reads as that package's name and version.
 
     python .ci/install_check.py OUT_DIR
+    python .ci/install_check.py --differences     # only the versions that differ from the pins
 """
 
 from __future__ import annotations
@@ -99,6 +100,9 @@ def check_commands(out: Path) -> list[str]:
 
 
 def main() -> int:
+    if sys.argv[1:] == ["--differences"]:  # after a failure elsewhere: what moved since the pins
+        print("installed versions that differ from the pins: " + "; ".join(differences()))
+        return 0
     out = Path(sys.argv[1])
     failures = check_imports() + check_commands(out)
     if not failures:

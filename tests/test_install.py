@@ -161,7 +161,9 @@ def test_the_pins_tool_rewrites_only_the_pin_block(monkeypatch, tmp_path):
 INSTALL_TEXTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-@pytest.mark.parametrize("path", [*INSTALL_TEXTS, ROOT / "camcli"], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [*INSTALL_TEXTS, ROOT / "camcli", ROOT / "tests"], ids=lambda p: p.name
+)
 def test_no_install_line_fetches_the_unrelated_camcli_on_the_index(path):
     # `camcli` on the package index is another project (0.0.1, 2020): `pip install
     # 'camcli[ray]'` would fetch it. Lines that say not to are the only mentions allowed.
@@ -172,6 +174,7 @@ def test_no_install_line_fetches_the_unrelated_camcli_on_the_index(path):
         for line in f.read_text().splitlines()
         if re.search(r"camcli\[|pip install ['\"]?camcli\b(?!-)", line)
         and not re.search(r"\bnot\b", line)
+        and not (f.suffix == ".py" and line.strip().startswith("#"))  # says why, prints nothing
     ]
     assert bad == []
 

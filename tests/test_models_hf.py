@@ -23,7 +23,7 @@ from camcli.images import model_view
 from camcli.models import load_model
 from conftest import camcli_cli, random_image, run_without_network
 
-transformers = pytest.importorskip("transformers")  # the test extra; camcli[hf] for users
+transformers = pytest.importorskip("transformers")  # the test extra; the hf extra for users
 from pytorch_grad_cam import GradCAM  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
@@ -314,7 +314,9 @@ def test_missing_transformers_is_a_usage_error_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     result = runner.invoke(app, ["layers", "hf:org/name"])
     assert result.exit_code == 2
-    assert "pip install 'camcli[hf]'" in result.output
+    assert "`uv sync --extra hf` in the camcli checkout (or `pip install '.[hf]'` there)" in (
+        result.output
+    )
 
 
 def test_models_lists_the_hub_cache(saved, offline_hub):
