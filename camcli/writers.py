@@ -100,6 +100,10 @@ def write_atomic(path: Path, data: bytes, temp_dir: Path | None = None) -> None:
 _ESCAPED = re.compile("[\x85\u2028\u2029\ud800-\udfff]")
 
 
+#: Why a measured value is null in the outputs: JSON has no NaN or inf (``json_text``).
+NOT_FINITE = "not finite (NaN or inf)"
+
+
 def json_text(data: Any, *, indent: int | None = None) -> str:
     """``data`` as standard JSON text (no newline at the end): the one place camcli writes
     JSON (the manifest, every ``--json``, the report pages' data), UTF-8 text where possible.

@@ -14,9 +14,7 @@ from camcli.explain import Explainer
 from camcli.images import Box
 from camcli.models import LoadedModel
 from camcli.spec import CaseSpec, CheckSpec
-
-#: Why a measured value is missing from the outputs: JSON has no NaN or inf.
-NOT_FINITE = "not finite (NaN or inf)"
+from camcli.writers import NOT_FINITE
 
 
 @dataclass

@@ -9,10 +9,10 @@ from typing import Any
 
 from rich.table import Table
 
-from camcli.check.results import NOT_FINITE
 from camcli.evaluate.runner import FAMILIES, HIGHER_IS_BETTER, Evaluation, MethodResult
 from camcli.evaluate.sanity import SANITY_THRESHOLD
 from camcli.evaluate.stats import interval
+from camcli.writers import NOT_FINITE
 
 
 def metric_names(evaluation: Evaluation) -> list[str]:
