@@ -8,7 +8,7 @@ tenants of a shared machine disturb much less, and the minor page faults); the c
 take turns (ABC, CBA, ...) so that drifts of the machine hit them alike.
 
 Each contender runs as it ships: camcli with its huge-page CPU allocation
-(``camcli/hugepages.py``), torchcam with PyTorch's default allocation. ``torchcam-thp`` is
+(``camcli/startup.py``), torchcam with PyTorch's default allocation. ``torchcam-thp`` is
 torchcam with the same allocation as camcli (``THP_MEM_ALLOC_ENABLE=1``), to show how much of
 the difference is the allocation and how much is camcli's work.
 

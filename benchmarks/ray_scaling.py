@@ -43,8 +43,8 @@ def main() -> None:
     import ray
 
     from camcli.engines.ray import RayOptions
-    from camcli.pipeline import RunConfig
-    from camcli.runner import run_images
+    from camcli.config import RunConfig
+    from camcli.run import run_images
 
     counts = [int(n) for n in args.actors.split(",")]
     work = Path(tempfile.mkdtemp(prefix="camcli-ray-bench-"))

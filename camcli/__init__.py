@@ -12,26 +12,16 @@ The small public Python API (imported lazily so that ``camcli --help`` stays qui
 
 from __future__ import annotations
 
-from camcli.hugepages import enable_huge_pages
+from camcli.startup import enable_huge_pages
 
-# Before torch is imported: PyTorch reads the setting at its first CPU allocation.
+# Before torch is imported, by any way in (the commands, the Python API, a Ray worker that
+# unpickles camcli's objects): PyTorch reads the setting at its first CPU allocation. This is
+# the one thing importing camcli does (camcli.startup).
 enable_huge_pages()
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "explain", "explain_images", "load_model"]
-
-
-def resume_gc() -> None:
-    """Resume garbage collection paused by ``camcli.cli.main`` for start-up, if it is paused.
-
-    The objects alive now (torch's modules, the model) are frozen: later collections skip them.
-    """
-    import gc
-
-    if not gc.isenabled():
-        gc.freeze()
-        gc.enable()
 
 
 def __getattr__(name: str):

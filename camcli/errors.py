@@ -5,6 +5,11 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
+#: Ctrl-C or SIGTERM (128 + SIGINT, as a shell reports it); finished outputs are kept.
+EXIT_INTERRUPTED = 130
+#: What a shell reports for a writer whose reader went away (128 + SIGPIPE): ``camcli run
+#: --json | head -1`` is a normal end, not a failure.
+EXIT_BROKEN_PIPE = 141
 
 
 def install_extra(extra: str) -> str:

@@ -14,14 +14,14 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import camcli.check.evaluation
+import camcli.check.cases
 import camcli.explain
 import synthetic
 from camcli.check import in_boxes, map_similarity, peak_and_energy
-from camcli.check.measure import grid as map_grid
 from camcli.cli import app
 from camcli.errors import InputError
 from camcli.images import Box
+from camcli.metrics.maps import grid as map_grid
 from conftest import SYNTHETIC_MODEL, strict_json, strict_junit
 
 runner = CliRunner()
@@ -746,7 +746,7 @@ def test_update_baselines_without_any_baseline_is_an_error(spec_dir, no_compute)
 
 
 def test_the_docs_example_spec_is_valid():
-    from camcli.spec import parse_spec
+    from camcli.check.spec import parse_spec
 
     root = Path(__file__).resolve().parent.parent
     spec, problems = parse_spec(root / "docs" / "example-check.toml", update_baselines=True)
@@ -769,7 +769,7 @@ def test_an_image_that_breaks_during_the_run_errors_and_blocks_baseline_updates(
         + case_table(name="ok", image="img/shape0.png", baseline="b/ok.npy", expect_class="blue")
         + case_table(name="gone", image="img/shape1.png", baseline="b/gone.npy"),
     )
-    real_load = camcli.check.evaluation.load_image
+    real_load = camcli.check.cases.load_image
 
     def flaky(path):
         if Path(path).name == "shape1.png":
@@ -777,7 +777,7 @@ def test_an_image_that_breaks_during_the_run_errors_and_blocks_baseline_updates(
         return real_load(path)
 
     # Validation has read both images already; this one fails when the run reads it again.
-    monkeypatch.setattr(camcli.check.evaluation, "load_image", flaky)
+    monkeypatch.setattr(camcli.check.cases, "load_image", flaky)
     junit = tmp_path / "j.xml"
     result = invoke(spec, "--update-baselines", "--junit", junit, "--json")
     assert result.exit_code == 1

@@ -391,15 +391,15 @@ def test_main_pauses_garbage_collection_for_start_up_only(
 
     folder, _ = shapes_dir
     seen = []
-    import camcli.runner
+    import camcli.run
 
-    real = camcli.runner.Pipeline
+    real = camcli.run.Pipeline
 
     def spy(*args, **kwargs):  # the images are processed with the collector running
         seen.append((gc.isenabled(), gc.get_freeze_count() > 0))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(camcli.runner, "Pipeline", spy)
+    monkeypatch.setattr(camcli.run, "Pipeline", spy)
     argv = ["camcli", "run", str(folder / "a"), "--out", str(tmp_path / "out"), "-q"]
     monkeypatch.setattr(sys, "argv", argv + [str(a) for a in tiny_args(tiny_checkpoint)])
     with pytest.raises(SystemExit) as info:
@@ -434,12 +434,12 @@ def test_max_pixels_makes_a_large_image_that_files_error_and_0_lifts_the_limit(
 def test_an_unexpected_exception_is_one_line_and_exit_2_with_the_traceback_on_request(
     tmp_path, monkeypatch
 ):
-    import camcli.runner
+    import camcli.run
 
     def broken(*args, **kwargs):
         raise ValueError("boom")
 
-    monkeypatch.setattr(camcli.runner, "collect_sources", broken)
+    monkeypatch.setattr(camcli.run, "collect_sources", broken)
     image = random_image(tmp_path / "img.png")
     result = invoke("run", image, "--out", tmp_path / "out", "--weights", "none")
     assert result.exit_code == 2
@@ -456,7 +456,7 @@ def test_an_unexpected_exception_is_one_line_and_exit_2_with_the_traceback_on_re
 
 
 def test_error_messages_are_one_line_of_text_not_markup(tmp_path, monkeypatch):
-    import camcli.runner
+    import camcli.run
     from camcli.errors import UsageError
 
     missing = tmp_path / "nope[/].jpg"  # rich would read "[/]" as a closing tag
@@ -467,7 +467,7 @@ def test_error_messages_are_one_line_of_text_not_markup(tmp_path, monkeypatch):
     def two_lines(*args, **kwargs):
         raise UsageError("first part\nsecond part [bold]")
 
-    monkeypatch.setattr(camcli.runner, "collect_sources", two_lines)
+    monkeypatch.setattr(camcli.run, "collect_sources", two_lines)
     result = invoke("run", missing, "--out", tmp_path / "out", "--weights", "none")
     assert result.exit_code == 2
     assert result.stderr == "error: first part second part [bold]\n"

@@ -22,16 +22,16 @@ from typer.testing import CliRunner
 
 import synthetic
 from camcli.cli import app
-from camcli.evaluate.confidence import confidence_change
-from camcli.evaluate.deletion import deletion_insertion, perturbed_counts
-from camcli.evaluate.road import impute, road
 from camcli.evaluate.runner import Settings, evaluate_methods, load_items
-from camcli.evaluate.sanity import cascade, parameterised_modules, spearman
-from camcli.evaluate.scoring import Scorer, at_input_size, min_max
 from camcli.explain import Explainer, Target
 from camcli.images import Preprocess
 from camcli.methods.base import CamContext
-from camcli.methods.baselines import RandomCAM, SobelEdges
+from camcli.methods.floors import RandomCAM, SobelEdges
+from camcli.metrics.confidence import confidence_change
+from camcli.metrics.deletion import deletion_insertion, perturbed_counts
+from camcli.metrics.road import impute, road
+from camcli.metrics.sanity import cascade, parameterised_modules, spearman
+from camcli.metrics.scoring import Scorer, at_input_size, min_max
 from camcli.models import LoadedModel
 from camcli.sources import collect_sources
 from conftest import SYNTHETIC_MODEL, strict_json, tiny_args

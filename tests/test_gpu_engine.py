@@ -21,12 +21,13 @@ from typer.testing import CliRunner
 
 import camcli.engines.batch
 from camcli.cli import app
+from camcli.config import RunConfig
+from camcli.engines.batchsize import AUTO, auto_batch_size, parse_batch_size
+from camcli.engines.local import Pipeline
 from camcli.errors import UsageError
 from camcli.explain import Explainer, Target
 from camcli.models import load_model
-from camcli.pipeline import Pipeline, RunConfig
 from camcli.sources import collect_sources
-from camcli.stages.batchsize import AUTO, auto_batch_size, parse_batch_size
 from camcli.stages.tensor_path import ENV, TensorStages, tensor_stages
 from conftest import ROOT, SAMPLES, tiny_args
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
+from camcli.engines.batchsize import find_batch_size
 from camcli.errors import InputError
 from camcli.images import Box, Preprocess, load_image, model_view
 from camcli.render import overlay
-from camcli.stages.batchsize import find_batch_size
 from camcli.stages.decode import apply_orientation, decode_images, read_jpeg
 from camcli.stages.draw import encode_tensor, tensor_overlay
 from camcli.stages.view import tensor_model_input, tensor_view

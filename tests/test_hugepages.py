@@ -1,4 +1,4 @@
-"""camcli asks PyTorch for transparent huge pages on large CPU buffers (camcli/hugepages.py).
+"""camcli asks PyTorch for transparent huge pages on large CPU buffers (camcli/startup.py).
 
 Observed the way it matters: the minor page faults a fresh process takes to fill a 400 MiB
 tensor after ``import camcli``, against the same process with the user's opt-out.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from camcli import hugepages
+from camcli import startup as hugepages
 
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 SMALL_PAGES = 400 * 2**20 // 4096  # the 4 KiB pages of the tensor below

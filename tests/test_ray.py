@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 
 from camcli.api import explain_images
 from camcli.cli import app
-from camcli.engines.batch import BatchWork
+from camcli.config import RunConfig
+from camcli.engines.batch import BatchWork, run_settings
 from camcli.engines.ray import (
     INSTALL,
     ActorSetup,
@@ -34,8 +35,7 @@ from camcli.engines.ray import (
 from camcli.explain import Explainer, parse_targets
 from camcli.models import load_model
 from camcli.outfolder import OutputFolder
-from camcli.pipeline import RunConfig, run_settings
-from camcli.runner import run_images
+from camcli.run import run_images
 from camcli.sources import Source, collect_sources
 from conftest import ROOT, tiny_args
 

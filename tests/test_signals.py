@@ -15,10 +15,11 @@ from typer.testing import CliRunner
 
 import synthetic
 from camcli.cli import app
+from camcli.config import RunConfig
+from camcli.engines.local import Pipeline
 from camcli.explain import Explainer, Target
 from camcli.models import load_model
 from camcli.outfolder import MANIFEST
-from camcli.pipeline import Pipeline, RunConfig
 from camcli.signals import Interrupted, interrupts_deferred
 from camcli.sources import collect_sources
 from conftest import ROOT, tiny_args

@@ -21,10 +21,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import camcli.engines.batch
-import camcli.runner
+import camcli.run
 from camcli.cli import app
+from camcli.display import RunDisplay
 from camcli.errors import CamcliWarning
-from camcli.progress import RunDisplay
 from conftest import ROOT, tiny_args
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
@@ -154,7 +154,7 @@ def test_each_distinct_warning_is_one_line_from_setup_threads_and_records(
 ):
     folder, _ = shapes_dir
     real_parse, real_overlay, real_pipeline = (
-        camcli.runner.parse_targets, camcli.engines.batch.overlay, camcli.runner.Pipeline,
+        camcli.run.parse_targets, camcli.engines.batch.overlay, camcli.run.Pipeline,
     )  # fmt: skip
 
     def parse_targets(*args, **kwargs):  # setup, in the main thread, twice
@@ -172,9 +172,9 @@ def test_each_distinct_warning_is_one_line_from_setup_threads_and_records(
             **kwargs,
         )  # fmt: skip
 
-    monkeypatch.setattr(camcli.runner, "parse_targets", parse_targets)
+    monkeypatch.setattr(camcli.run, "parse_targets", parse_targets)
     monkeypatch.setattr(camcli.engines.batch, "overlay", overlay)
-    monkeypatch.setattr(camcli.runner, "Pipeline", pipeline)
+    monkeypatch.setattr(camcli.run, "Pipeline", pipeline)
     result = CliRunner().invoke(
         app,
         [

@@ -16,8 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from camcli.check.baselines import write_baselines
-from camcli.check.evaluation import evaluate
-from camcli.check.measure import in_boxes, map_similarity, peak_and_energy
+from camcli.check.cases import evaluate
 from camcli.check.pictures import save_failures
 from camcli.check.prepare import prepare
 from camcli.check.reports import (
@@ -30,6 +29,7 @@ from camcli.check.reports import (
 )
 from camcli.check.results import CaseResult, Outcome, Report
 from camcli.errors import EXIT_OK, UsageError
+from camcli.metrics.maps import in_boxes, map_similarity, peak_and_energy
 from camcli.writers import json_text, write_atomic
 
 __all__ = [

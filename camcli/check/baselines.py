@@ -2,7 +2,7 @@
 
 ``baseline-pearson`` / ``baseline-iou``: both maps (same shape) are normalised and upsampled to
 the model's input grid; ``pearson`` is the Pearson correlation of the two grids, ``iou`` the
-intersection over union of their top-20% regions (``camcli.check.measure.map_similarity``).
+intersection over union of their top-20% regions (``camcli.metrics.maps.map_similarity``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 from rich.console import Console
 from rich.markup import escape
 
-from camcli.check.measure import map_similarity
 from camcli.check.results import CaseResult, Outcome, compared
+from camcli.metrics.maps import map_similarity
 from camcli.writers import encode_npy, write_atomic
 
 _UNCHANGED_RTOL = 1e-5  # a rewritten baseline within this of the old peak is "unchanged"

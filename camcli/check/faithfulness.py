@@ -4,7 +4,7 @@
 * ``deletion_auc``: passes when its deletion AUC is ``<= deletion_auc_max``;
 
 each measured as ``camcli evaluate`` does (20 steps, zero baseline, the softmax probability
-of the explained class; ``camcli.evaluate.deletion``).
+of the explained class; ``camcli.metrics.deletion``).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from camcli.check.results import CaseResult, compared
-from camcli.evaluate.deletion import deletion_insertion
-from camcli.evaluate.scoring import Scorer, at_input_size
 from camcli.explain import Explainer
+from camcli.metrics.deletion import deletion_insertion
+from camcli.metrics.scoring import Scorer, at_input_size
 
 STEPS = 20
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from camcli.check.measure import peak_and_energy
 from camcli.check.results import CaseResult
+from camcli.check.spec import CaseSpec
 from camcli.images import Box, load_image
+from camcli.metrics.maps import peak_and_energy
 from camcli.render import overlay
-from camcli.spec import CaseSpec
 from camcli.writers import encode_image, ensure_inside, slug, write_atomic
 
 

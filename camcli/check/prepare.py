@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from camcli import resume_gc
+from camcli.check.spec import CheckSpec, SpecError, parse_spec
 from camcli.errors import CamcliError, UsageError
 from camcli.explain import Explainer, Target, parse_targets
 from camcli.layers import resolve_layer
 from camcli.models import LoadedModel, load_model, read_labels
-from camcli.spec import CheckSpec, SpecError, parse_spec
+from camcli.startup import resume_gc
 from camcli.targets import apply_head
 
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from camcli.check.spec import CaseSpec, CheckSpec
 from camcli.errors import EXIT_OK, EXIT_SOME_FAILED
 from camcli.explain import Explainer
 from camcli.images import Box
 from camcli.models import LoadedModel
-from camcli.spec import CaseSpec, CheckSpec
 from camcli.writers import NOT_FINITE
 
 

@@ -1,6 +1,6 @@
 """The per-batch work every engine calls: loaded images -> maps -> files + manifest records.
 
-An engine decides how sources are fed (local threads in ``camcli.pipeline``, Ray actors in
+An engine decides how sources are fed (local threads in ``camcli.engines.local``, Ray actors in
 ``camcli.engines.ray``) and where the records go (the output folder's manifest); what one image
 becomes is decided here, once:
 
@@ -17,15 +17,17 @@ Calling a ``BatchWork`` runs all three for one batch in the calling thread.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from camcli.config import RunConfig
 from camcli.errors import CamcliError, InputError
 from camcli.explain import Explainer, Target, to_model_input
 from camcli.images import Box, Preprocess, load_image, model_view
@@ -33,11 +35,8 @@ from camcli.outfolder import Key, Record
 from camcli.render import Rect, draw_box, image_box, overlay, saliency_images
 from camcli.sources import Source
 from camcli.stages.tensor_path import TensorStages, tensor_stages
-from camcli.targets import NOTHING_FOUND
+from camcli.targets import NOTHING_FOUND, DetectionHead
 from camcli.writers import encode_image, encode_npy, output_path, write_atomic
-
-if TYPE_CHECKING:
-    from camcli.pipeline import RunConfig
 
 __all__ = ["BatchWork", "Loaded", "Plan", "WriteJob", "load"]
 
@@ -356,3 +355,53 @@ class BatchWork:
             job = next(done) if isinstance(item, Loaded) else item
             results.append(job if isinstance(job, list) else job())
         return results
+
+
+def run_settings(
+    explainer: Explainer,
+    config: RunConfig,
+    checkpoint: Path | None = None,
+    targets: Sequence[Target] = (),
+) -> dict[str, Any]:
+    """What decides the pixels of a run's outputs; ``--skip-existing`` redoes an image whose
+    records were made with other settings. The checkpoint counts by path, size and mtime.
+
+    Under a head whose targets can be absent from an image (a label under ``--threshold``, no
+    such box), the targets asked for and their threshold count too: an image done with the
+    same ones and no record for a target did not have it, and is not redone for it.
+    """
+    loaded = explainer.loaded
+    preprocess = loaded.preprocess
+    settings: dict[str, Any] = {
+        "model": loaded.name,
+        "weights": loaded.weights,
+        "checkpoint": None,
+        "method": explainer.method_name,
+        "layers": explainer.layer_names,
+        "fit": preprocess.fit,
+        "input_size": preprocess.crop_size,
+        "resize_size": preprocess.resize_size,
+        "precision": str(explainer.autocast_dtype or "fp32").removeprefix("torch."),
+        "aug_smooth": explainer.aug_smooth,
+        "eigen_smooth": explainer.eigen_smooth,
+    }
+    head = explainer.head
+    if head.name != "softmax":  # a softmax run's settings stay as they were before heads
+        settings["head"] = head.name
+        if isinstance(head, DetectionHead):
+            settings["score_threshold"] = head.score_threshold
+        if targets:
+            settings["targets"] = [t.tag for t in targets]
+            thresholds = sorted({t.threshold for t in targets if t.threshold is not None})
+            if thresholds:
+                settings["threshold"] = thresholds[0] if len(thresholds) == 1 else thresholds
+    if checkpoint is not None:
+        stat = Path(checkpoint).stat()
+        settings["checkpoint"] = {
+            "path": os.path.abspath(checkpoint),
+            "size": stat.st_size,
+            "mtime": stat.st_mtime_ns,
+        }
+    if not explainer.method.pixel_space and any(f in ("jpg", "png") for f in config.formats):
+        settings.update(alpha=config.alpha, colormap=config.colormap)
+    return settings

@@ -34,12 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from camcli.config import RunConfig, Summary
 from camcli.engines.batch import BatchWork, Loaded, load
 from camcli.errors import CamcliError, UsageError, install_extra
 from camcli.explain import Explainer, Target, parse_targets
 from camcli.images import Box, Preprocess, model_view, to_rgb
 from camcli.outfolder import OutputFolder, Record
-from camcli.pipeline import RunConfig, Summary
 from camcli.signals import interrupts_deferred, interrupts_ignored
 from camcli.sources import Source
 from camcli.writers import encode_image, json_line

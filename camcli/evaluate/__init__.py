@@ -4,7 +4,7 @@ The flow, one module per step: ``runner`` (images -> model views -> each method'
 every metric family's per-image values), with one module per family: ``deletion`` (RISE
 deletion and insertion AUC), ``confidence`` (average drop, increase in confidence), ``road``
 (ROAD MoRF, LeRF and combined), ``sanity`` (cascading model randomisation); pointing game
-and energy come from ``camcli.check.measure``. ``scoring`` runs the perturbed inputs through
+and energy come from ``camcli.metrics.maps``. ``scoring`` runs the perturbed inputs through
 the explainer's engine; ``stats`` gives means and 95% intervals; ``report`` the table, JSON
 and CSV; ``plots`` the curves as PNG.
 """
@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from camcli import resume_gc
+from camcli.check.spec import read_boxes
+from camcli.display import StdoutConsole, one_line
 from camcli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
 from camcli.evaluate.plots import write_plots
 from camcli.evaluate.report import report_csv, report_json, table
@@ -28,9 +29,8 @@ from camcli.evaluate.runner import FAMILIES, Evaluation, Settings, evaluate_meth
 from camcli.explain import parse_targets
 from camcli.methods import get_method_class
 from camcli.models import load_model
-from camcli.progress import StdoutConsole, one_line
 from camcli.sources import collect_sources
-from camcli.spec import read_boxes
+from camcli.startup import resume_gc
 from camcli.writers import json_text
 
 __all__ = ["FAMILIES", "Evaluation", "ModelOptions", "Settings", "run_evaluate"]

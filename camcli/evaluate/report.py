@@ -10,8 +10,8 @@ from typing import Any
 from rich.table import Table
 
 from camcli.evaluate.runner import FAMILIES, HIGHER_IS_BETTER, Evaluation, MethodResult
-from camcli.evaluate.sanity import SANITY_THRESHOLD
-from camcli.evaluate.stats import interval
+from camcli.metrics.sanity import SANITY_THRESHOLD
+from camcli.metrics.stats import interval
 from camcli.writers import NOT_FINITE
 
 

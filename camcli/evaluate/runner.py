@@ -15,15 +15,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from camcli.check.measure import in_boxes, peak_and_energy
 from camcli.errors import InputError, UsageError
-from camcli.evaluate.confidence import confidence_change
-from camcli.evaluate.deletion import deletion_insertion
-from camcli.evaluate.road import NOISE, PERCENTILES, road
-from camcli.evaluate.sanity import SANITY_THRESHOLD, STAGES, Stage, cascade, randomised, spearman
-from camcli.evaluate.scoring import Scorer, at_input_size
 from camcli.explain import Explainer, Target, to_model_input
 from camcli.images import Box, load_image, model_view
+from camcli.metrics.confidence import confidence_change
+from camcli.metrics.deletion import deletion_insertion
+from camcli.metrics.maps import in_boxes, peak_and_energy
+from camcli.metrics.road import NOISE, PERCENTILES, road
+from camcli.metrics.sanity import SANITY_THRESHOLD, STAGES, Stage, cascade, randomised, spearman
+from camcli.metrics.scoring import Scorer, at_input_size
 from camcli.models import LoadedModel
 from camcli.sources import Source
 from camcli.targets import output_problems

@@ -134,14 +134,14 @@ METHODS: dict[str, MethodInfo] = {
         ),
         MethodInfo(
             "randomcam",
-            "camcli.methods.baselines:RandomCAM",
+            "camcli.methods.floors:RandomCAM",
             False,
             "Sanity baseline: channels weighted by seeded uniform(-1, 1) random numbers",
             "pytorch-grad-cam's RandomCAM; a floor for faithfulness metrics",
         ),
         MethodInfo(
             "sobel",
-            "camcli.methods.baselines:SobelEdges",
+            "camcli.methods.floors:SobelEdges",
             False,
             "Sanity baseline: Sobel edge magnitude of the input image, no model at all",
             "Sobel & Feldman 1968; Adebayo et al. 2018, arXiv:1810.03292",

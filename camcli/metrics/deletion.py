@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from camcli.evaluate.scoring import Scorer
+from camcli.metrics.scoring import Scorer
 
 DELETION, INSERTION, ALL_BASELINE = 0, 1, 2
 

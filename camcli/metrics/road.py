@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from camcli.evaluate.scoring import Scorer, min_max
+from camcli.metrics.scoring import Scorer, min_max
 
 PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 NOISE = 0.01

@@ -13,104 +13,20 @@ cancelled, and only then does the exception go on.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from camcli.engines.batch import BatchWork, Loaded, Plan
+from camcli.config import RunConfig, Summary
+from camcli.engines.batch import BatchWork, Loaded, Plan, run_settings
 from camcli.errors import CamcliError
 from camcli.explain import Explainer, Target
 from camcli.outfolder import Key, OutputFolder, Record
-from camcli.shards import Shard
 from camcli.signals import interrupts_ignored, interrupts_raise
 from camcli.sources import Source
-from camcli.targets import DetectionHead
 
 Job = Future[list[Record]] | list[Record]
-
-
-@dataclass
-class RunConfig:
-    """Where and how to write: formats, overlay look, batching."""
-
-    out: Path
-    formats: Sequence[str] = ("jpg",)
-    alpha: float = 0.5
-    colormap: str = "jet"
-    batch_size: int = 16
-    skip_existing: bool = False
-    workers: int = field(default_factory=lambda: all_cores())
-    max_pixels: int | None = None  # None: the images module's default
-    shard: Shard | None = None  # --shard I/N: its own manifest part, lock and temp folder
-
-
-def run_settings(
-    explainer: Explainer,
-    config: RunConfig,
-    checkpoint: Path | None = None,
-    targets: Sequence[Target] = (),
-) -> dict[str, Any]:
-    """What decides the pixels of a run's outputs; ``--skip-existing`` redoes an image whose
-    records were made with other settings. The checkpoint counts by path, size and mtime.
-
-    Under a head whose targets can be absent from an image (a label under ``--threshold``, no
-    such box), the targets asked for and their threshold count too: an image done with the
-    same ones and no record for a target did not have it, and is not redone for it.
-    """
-    loaded = explainer.loaded
-    preprocess = loaded.preprocess
-    settings: dict[str, Any] = {
-        "model": loaded.name,
-        "weights": loaded.weights,
-        "checkpoint": None,
-        "method": explainer.method_name,
-        "layers": explainer.layer_names,
-        "fit": preprocess.fit,
-        "input_size": preprocess.crop_size,
-        "resize_size": preprocess.resize_size,
-        "precision": str(explainer.autocast_dtype or "fp32").removeprefix("torch."),
-        "aug_smooth": explainer.aug_smooth,
-        "eigen_smooth": explainer.eigen_smooth,
-    }
-    head = explainer.head
-    if head.name != "softmax":  # a softmax run's settings stay as they were before heads
-        settings["head"] = head.name
-        if isinstance(head, DetectionHead):
-            settings["score_threshold"] = head.score_threshold
-        if targets:
-            settings["targets"] = [t.tag for t in targets]
-            thresholds = sorted({t.threshold for t in targets if t.threshold is not None})
-            if thresholds:
-                settings["threshold"] = thresholds[0] if len(thresholds) == 1 else thresholds
-    if checkpoint is not None:
-        stat = Path(checkpoint).stat()
-        settings["checkpoint"] = {
-            "path": os.path.abspath(checkpoint),
-            "size": stat.st_size,
-            "mtime": stat.st_mtime_ns,
-        }
-    if not explainer.method.pixel_space and any(f in ("jpg", "png") for f in config.formats):
-        settings.update(alpha=config.alpha, colormap=config.colormap)
-    return settings
-
-
-def all_cores() -> int:
-    """The CPU cores this process may run on (its affinity, as a job scheduler sets it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
-
-
-@dataclass
-class Summary:
-    total: int = 0
-    ok: int = 0
-    skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Pipeline:

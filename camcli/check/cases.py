@@ -8,14 +8,14 @@ import numpy as np
 import torch
 
 from camcli.check.baselines import compare_baseline
+from camcli.check.expectations import measure_case
 from camcli.check.faithfulness import measure_faithfulness, outcome_names
-from camcli.check.measure import measure_case
 from camcli.check.results import CaseResult, Outcome, class_info
+from camcli.check.spec import CheckSpec
 from camcli.errors import InputError
 from camcli.explain import Explainer, Target, to_model_input
 from camcli.images import load_image, model_view
 from camcli.models import LoadedModel
-from camcli.spec import CheckSpec
 from camcli.targets import output_problems, scores_equal
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from camcli.evaluate.scoring import Scorer, min_max
+from camcli.metrics.scoring import Scorer, min_max
 
 
 def confidence_change(

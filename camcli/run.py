@@ -9,18 +9,20 @@ from typing import TYPE_CHECKING
 
 from rich.markup import escape
 
-from camcli import resume_gc
+from camcli.config import RunConfig
+from camcli.display import RunDisplay
+from camcli.engines.batch import run_settings
+from camcli.engines.batchsize import AUTO, auto_batch_size
+from camcli.engines.local import Pipeline
 from camcli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
 from camcli.explain import Explainer, concept_targets, parse_targets
 from camcli.methods import get_method_class
 from camcli.models import load_model
 from camcli.outfolder import MANIFEST, check_output_folder, part_name
-from camcli.pipeline import Pipeline, RunConfig, run_settings
-from camcli.progress import RunDisplay
 from camcli.render import colormap_lut
 from camcli.shards import select_sources
 from camcli.sources import collect_sources
-from camcli.stages.batchsize import AUTO, auto_batch_size
+from camcli.startup import resume_gc
 from camcli.targets import apply_head, head_targets
 
 if TYPE_CHECKING:

@@ -35,7 +35,7 @@ from camcli.images import display_path
 from camcli.writers import json_line
 
 if TYPE_CHECKING:
-    from camcli.pipeline import Summary
+    from camcli.config import Summary
 
 
 class StdoutConsole(Console):
@@ -52,6 +52,16 @@ class StdoutConsole(Console):
 def one_line(text: str) -> str:
     """``text`` with its line breaks turned into spaces: every message is one line."""
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def stderr_console() -> Console:
+    """The console for everything but results: progress, errors, warnings, summaries."""
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def error_line(console: Console, message: str) -> None:
+    """``error: message`` on ``console``, as one line; the message is text, never markup."""
+    console.print(f"[bold red]error:[/] {escape(one_line(message))}", emoji=False)
 
 
 def _rate(task: Task) -> float | None:
@@ -108,7 +118,7 @@ class RunDisplay:
         console: Console | None = None,
         get_time: Callable[[], float] | None = None,
     ) -> None:
-        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
+        self.console = console or stderr_console()
         self.quiet = quiet
         self.json_lines = json_lines
         self.live = not quiet and self.console.is_terminal
@@ -171,7 +181,7 @@ class RunDisplay:
         self.console.print(f"[yellow]warning:[/] {escape(message)}")
 
     def error(self, message: str) -> None:
-        self.console.print(f"[bold red]error:[/] {escape(one_line(message))}")
+        error_line(self.console, message)
 
     @contextmanager
     def running(self, description: str, total: int) -> Iterator[RunDisplay]:

@@ -1,0 +1,251 @@
+"""``camcli run``: heatmaps for images, files or whole folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from camcli.cli import options as o
+from camcli.cli.edge import command_errors, go_offline
+
+
+@command_errors(
+    interrupted="interrupted: finished outputs and manifest.jsonl are kept; "
+    "rerun with --skip-existing to resume"
+)
+def run(
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, directories (walked recursively), glob patterns, or - to read "
+            "one path per line from stdin.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder; directory trees are mirrored.")
+    ] = Path("camcli-out"),
+    model: o.ModelOption = "resnet50",
+    weights: o.WeightsOption = "DEFAULT",
+    checkpoint: o.CheckpointOption = None,
+    num_classes: o.NumClassesOption = None,
+    labels: o.LabelsOption = None,
+    method: Annotated[
+        str, typer.Option("--method", help="CAM method (camcli methods lists them).")
+    ] = "gradcam",
+    layer: o.LayerOption = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target",
+            "-t",
+            help="top1 (default), topN, a class index or a class name; repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    top_k: Annotated[
+        int | None,
+        typer.Option("--top-k", "-k", help="Maps for the K most likely classes.", min=1),
+    ] = None,
+    fmt: Annotated[
+        list[o.Format] | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="jpg or png (overlay), npy (raw float32 map); repeatable. Default: jpg.",
+            show_default=False,
+        ),
+    ] = None,
+    alpha: Annotated[
+        float, typer.Option(help="Opacity of the heatmap over the image.", min=0.0, max=1.0)
+    ] = 0.5,
+    colormap: Annotated[
+        str, typer.Option(help="Any OpenCV colormap name (jet, viridis, turbo, inferno...).")
+    ] = "jet",
+    fit: o.FitOption = o.Fit.crop,
+    input_size: o.InputSizeOption = None,
+    batch_size: Annotated[
+        str,
+        typer.Option(
+            "--batch-size",
+            "-b",
+            help="Images per forward pass, or auto: on a GPU the largest batch that fits and "
+            "pays, measured at start-up; on the CPU 16.",
+        ),
+    ] = "auto",
+    aug_smooth: Annotated[
+        bool,
+        typer.Option(
+            "--aug-smooth",
+            help="Average the maps of flipped and rescaled copies (6 passes per image).",
+        ),
+    ] = False,
+    eigen_smooth: Annotated[
+        bool,
+        typer.Option(
+            "--eigen-smooth",
+            help="First principal component of the weighted activations instead of their sum.",
+        ),
+    ] = False,
+    chunk_size: Annotated[
+        int,
+        typer.Option(
+            "--chunk-size",
+            help="Extra forward passes run at once (Score-CAM family, Ablation-CAM, "
+            "Smooth Grad-CAM++).",
+            min=1,
+        ),
+    ] = 32,
+    max_pixels: o.MaxPixelsOption = None,
+    device: o.DeviceOption = "auto",
+    offline: o.OfflineOption = False,
+    precision: o.PrecisionOption = o.Precision.fp32,
+    skip_existing: Annotated[
+        bool, typer.Option(help="Skip inputs whose outputs all exist (resume a run).")
+    ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            help="Explain only shard I of N (0-based; by a hash of each input's relative "
+            "name), for job arrays: shards run at once into one OUT, each with its own "
+            "manifest part; camcli manifest merge OUT joins them.",
+            metavar="I/N",
+            show_default=False,
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar or summary; errors only.")
+    ] = False,
+    json_lines: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per result on stdout.")
+    ] = False,
+    engine: Annotated[
+        o.Engine,
+        typer.Option(
+            help="local: threads and one model in this process; ray: Ray Data (read tasks, an "
+            "actor pool with one model per actor), needs the ray extra (uv sync --extra ray)."
+        ),
+    ] = o.Engine.local,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="With --engine ray: the cluster to join (auto: the one this machine is in; "
+            "ray://host:10001). Default: a new local Ray instance.",
+            metavar="ADDR",
+            show_default=False,
+        ),
+    ] = None,
+    ray_actors: Annotated[
+        int | None,
+        typer.Option(
+            "--ray-actors",
+            help="With --engine ray: a fixed pool of N actors (one model each). Default: from "
+            "1 up to what the cluster holds.",
+            metavar="N",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
+    num_gpus: Annotated[
+        float | None,
+        typer.Option(
+            "--num-gpus",
+            help="With --engine ray: GPUs per actor (0.5 shares one GPU between two actors).",
+            min=0.0,
+            show_default=False,
+        ),
+    ] = None,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report",
+            help="Also write OUT/report.html: every input's original and maps with labels "
+            "and scores, failures first (camcli report OUT rebuilds it later).",
+        ),
+    ] = False,
+    head: Annotated[
+        str,
+        typer.Option(
+            help="What the classifier's output is: softmax, binary (one logit; targets "
+            "positive / negative) or multilabel (sigmoid); auto: binary for one output."
+        ),
+    ] = "auto",
+    threshold: Annotated[
+        float,
+        typer.Option(
+            help="Multi-label: a map for every label whose sigmoid reaches this.", min=0, max=1
+        ),
+    ] = 0.5,
+    score_threshold: Annotated[
+        float,
+        typer.Option(help="Detection: a map per box scoring at least this.", min=0, max=1),
+    ] = 0.5,
+    concepts: Annotated[
+        int,
+        typer.Option(
+            "--concepts",
+            help="dff: concept maps per image (each recorded with the class it scores "
+            "highest); they replace --target.",
+            metavar="K",
+            min=1,
+        ),
+    ] = 5,
+) -> None:
+    """Write heatmaps (overlays or raw maps) for images, files or whole folders."""
+    go_offline(offline)
+    from camcli.config import RunConfig
+    from camcli.engines.batchsize import parse_batch_size
+    from camcli.engines.ray import RayOptions
+    from camcli.run import run_images
+    from camcli.shards import parse_shard
+
+    parsed_shard = None if shard is None else parse_shard(shard)
+    parsed_batch_size = parse_batch_size(batch_size)
+    config = RunConfig(
+        out=out,
+        formats=tuple(dict.fromkeys(f.value for f in (fmt or [o.Format.jpg]))),
+        alpha=alpha,
+        colormap=colormap,
+        batch_size=parsed_batch_size,
+        skip_existing=skip_existing,
+        max_pixels=max_pixels,  # None: camcli.images.DEFAULT_MAX_PIXELS
+        shard=parsed_shard,
+    )
+    code = run_images(
+        paths,
+        config,
+        model=model,
+        weights=weights,
+        checkpoint=checkpoint,
+        num_classes=num_classes,
+        labels=labels,
+        method=method,
+        layers=layer or [],
+        targets=target or [],
+        top_k=top_k,
+        fit=fit.value,
+        input_size=input_size,
+        device=device,
+        precision=precision.value,
+        quiet=quiet,
+        json_lines=json_lines,
+        aug_smooth=aug_smooth,
+        eigen_smooth=eigen_smooth,
+        chunk_size=chunk_size,
+        engine=engine.value,
+        ray=(
+            RayOptions(address=ray_address, actors=ray_actors, num_gpus=num_gpus or 0.0)
+            if engine is o.Engine.ray or ray_address or ray_actors or num_gpus
+            else None
+        ),
+        report=report,
+        head=head,
+        threshold=threshold,
+        score_threshold=score_threshold,
+        concepts=concepts,
+    )
+    raise typer.Exit(code=code)
