@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from camcli.config import DEFAULT_METHOD, ExplainSpec
 from camcli.errors import CamcliWarning, UsageError
 from camcli.hooks import ActivationRecorder
 from camcli.layers import default_layer, resolve_layer
@@ -216,16 +217,25 @@ class Explainer:
     def __init__(
         self,
         loaded: LoadedModel,
-        method: str = "gradcam",
+        method: str | ExplainSpec = DEFAULT_METHOD,
         layers: Sequence[str] | None = None,
         *,
-        aug_smooth: bool = False,
-        eigen_smooth: bool = False,
-        chunk_size: int = 32,
         progress: Progress | None = None,
-        precision: str = "fp32",
-        score_threshold: float = 0.5,
+        **options: Any,
     ) -> None:
+        """``method`` is an ExplainSpec, or its method with ``layers`` and the spec's other
+        fields as keywords (``Explainer(loaded, "gradcam", ["layer4"], chunk_size=8)``)."""
+        if isinstance(method, ExplainSpec):
+            if layers is not None or options:
+                raise TypeError("Explainer: an ExplainSpec or keywords, not both")
+            spec = method
+        else:
+            spec = ExplainSpec(method=method, layers=tuple(layers or ()), **options)
+        self.spec = spec
+        method, layers = spec.method, list(spec.layers) or None
+        aug_smooth, eigen_smooth = spec.aug_smooth, spec.eigen_smooth
+        chunk_size, precision = spec.chunk_size, spec.precision
+        score_threshold = spec.score_threshold
         self.loaded = loaded
         model = loaded.model
         # What the maps explain, over the model's output (camcli.targets).

@@ -6,13 +6,14 @@ pieces it uses live in the modules of this package.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchvision.models import get_model_weights
 
+from camcli.config import DEFAULT_MODEL, ModelSpec
 from camcli.errors import UsageError
 from camcli.models import torchvision as tv
 from camcli.models.checkpoints import load_checkpoint_into, read_checkpoint
@@ -65,16 +66,7 @@ def dense_source(name: str) -> Callable[..., LoadedModel] | None:
 
 
 def load_model(
-    name: str = "resnet50",
-    *,
-    weights: str | None = "DEFAULT",
-    checkpoint: str | os.PathLike[str] | None = None,
-    num_classes: int | None = None,
-    labels: str | os.PathLike[str] | None = None,
-    device: str = "auto",
-    input_size: int | None = None,
-    fit: str = "crop",
-    progress: bool = True,
+    model: str | ModelSpec = DEFAULT_MODEL, *, progress: bool = True, **options: Any
 ) -> LoadedModel:
     """Build a classifier in eval mode, with preprocessing and class labels: a torchvision
     name, a user's ``file.py:factory``, or a source's ``timm:NAME`` / ``hf:ID_OR_DIR``
@@ -82,7 +74,23 @@ def load_model(
 
     Preprocessing comes from the weights' own transforms; with ``weights="none"`` or a
     checkpoint, from the model's default weights' transforms (sizes only, nothing downloads).
+
+    ``model`` is a ModelSpec, or its ``model`` with the other fields as keywords
+    (``load_model("resnet18", weights="none")``). The spec's ``head`` and ``max_pixels`` are
+    for the caller (``camcli.targets.apply_head``, the image reader); the model keeps its spec.
     """
+    spec = model if isinstance(model, ModelSpec) else ModelSpec(model=model, **options)
+    if isinstance(model, ModelSpec) and options:
+        raise TypeError("load_model: a ModelSpec or keywords, not both")
+    loaded = _load(spec, progress)
+    loaded.spec = spec
+    return loaded
+
+
+def _load(spec: ModelSpec, progress: bool) -> LoadedModel:
+    name, weights, checkpoint = spec.model, spec.weights, spec.checkpoint
+    num_classes, labels, input_size, fit = spec.num_classes, spec.labels, spec.input_size, spec.fit
+    device = spec.device
     if fit not in ("crop", "stretch"):
         raise UsageError(f"unknown fit {fit!r} (use crop or stretch)")
     if num_classes is not None and num_classes < 1:
@@ -97,22 +105,10 @@ def load_model(
         )
     source = find_source(name)  # timm:NAME, hf:ID_OR_DIR
     if source is not None:
-        return load_source_model(
-            *source,
-            weights=weights,
-            checkpoint=checkpoint,
-            num_classes=num_classes,
-            labels=labels,
-            device=device,
-            input_size=input_size,
-            fit=fit,
-            progress=progress,
-        )
+        return load_source_model(*source, spec, progress)
     dense = dense_source(name)  # torchvision's detectors and segmentation models
     if dense is not None:
-        return dense(name, weights=weights, checkpoint=checkpoint, num_classes=num_classes,
-                     labels=labels, device=device, input_size=input_size, fit=fit,
-                     progress=progress)  # fmt: skip
+        return dense(spec, progress)
     name = resolve_model_name(name)
     dev = resolve_device(device)
     check_memory(name, num_classes, input_size, dev)

@@ -12,11 +12,10 @@ the original image as for a classifier.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torchvision
 from torchvision.models import list_models
 
+from camcli.config import ModelSpec
 from camcli.images import Preprocess
 from camcli.models.loaded import LoadedModel
 from camcli.models.segmentation import load_dense
@@ -34,11 +33,12 @@ def native_size(name: str) -> int:
     return 320 if "320" in name else 800
 
 
-def load_detection(name: str, *, input_size: int | None, fit: str, **options: Any) -> LoadedModel:
+def load_detection(spec: ModelSpec, progress: bool) -> LoadedModel:
     """A detector whose transform takes camcli's square view at its size as it is."""
-    size = input_size or native_size(name)
-    preprocess = Preprocess(size, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bilinear", fit)
-    loaded = load_dense(name, "detection", preprocess, **options)
+    name = spec.model
+    size = spec.input_size or native_size(name)
+    preprocess = Preprocess(size, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bilinear", spec.fit)
+    loaded = load_dense(spec, "detection", preprocess, progress)
     transform = loaded.model.transform
     if name.startswith("ssd"):
         transform.fixed_size = (size, size)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from camcli.config import ModelSpec
 from camcli.images import Preprocess
 
 
@@ -30,6 +31,8 @@ class LoadedModel:
     # What its output is (``camcli.targets``): softmax, binary or multilabel logits, a
     # segmentation's (N, K, H, W) map or a detector's boxes.
     head: str = "softmax"
+    # What it was loaded from (``load_model``); None for a model a caller built.
+    spec: ModelSpec | None = None
 
     def label(self, index: int) -> str | None:
         if self.labels is not None and 0 <= index < len(self.labels):

@@ -10,7 +10,6 @@ to the input size, centre crop; ``--fit stretch``: the whole image squashed), 52
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
+from camcli.config import ModelSpec
 from camcli.errors import CheckpointError, UsageError
 from camcli.images import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from camcli.models import torchvision as tv
@@ -44,20 +44,16 @@ def seeded_dense(name: str, num_classes: int | None) -> nn.Module:
 
 
 def load_dense(
-    name: str,
+    spec: ModelSpec,
     head: str,
     preprocess: Preprocess,
-    *,
-    weights: str | None,
-    checkpoint: str | os.PathLike[str] | None,
-    num_classes: int | None,
-    labels: str | os.PathLike[str] | None,
-    device: str,
     progress: bool,
 ) -> LoadedModel:
     """Build a torchvision dense model in eval mode: its weights through the classifier
     source's safe loader, ``--weights none`` seeded, or a ``--checkpoint`` state dict."""
-    dev = resolve_device(device)
+    name, weights, checkpoint = spec.model, spec.weights, spec.checkpoint
+    num_classes, labels = spec.num_classes, spec.labels
+    dev = resolve_device(spec.device)
     named = weights is not None and weights.lower() not in ("none", "default")
     if checkpoint is not None and named:
         raise UsageError(f"--weights {weights} and --checkpoint conflict; leave --weights out")
@@ -100,10 +96,8 @@ def load_dense(
     )
 
 
-def load_segmentation(
-    name: str, *, input_size: int | None, fit: str, **options: Any
-) -> LoadedModel:
+def load_segmentation(spec: ModelSpec, progress: bool) -> LoadedModel:
     """A segmentation model fed ImageNet-normalised square views of ``input_size`` (520)."""
-    size = input_size or DEFAULT_SIZE
-    preprocess = Preprocess(size, size, IMAGENET_MEAN, IMAGENET_STD, "bilinear", fit)
-    return load_dense(name, "segmentation", preprocess, **options)
+    size = spec.input_size or DEFAULT_SIZE
+    preprocess = Preprocess(size, size, IMAGENET_MEAN, IMAGENET_STD, "bilinear", spec.fit)
+    return load_dense(spec, "segmentation", preprocess, progress)

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
-import os
 from dataclasses import dataclass
 from types import ModuleType
 
 import torch
 from torch import nn
 
+from camcli.config import ModelSpec
 from camcli.errors import UsageError
 from camcli.images import Preprocess
 from camcli.models.devices import resolve_device
@@ -72,24 +72,19 @@ def source_models(pattern: str) -> list[str] | None:
 def load_source_model(
     source: ModuleType,
     name: str,
-    *,
-    weights: str | None,
-    checkpoint: str | os.PathLike[str] | None,
-    num_classes: int | None,
-    labels: str | os.PathLike[str] | None,
-    device: str,
-    input_size: int | None,
-    fit: str,
+    spec: ModelSpec,
     progress: bool,
 ) -> LoadedModel:
-    """``load_model`` for a source: build, then place on the device with the labels."""
-    dev = resolve_device(device)
+    """``load_model`` for a source (``name`` without its prefix): build, then place on the
+    device with the labels."""
+    dev = resolve_device(spec.device)
+    num_classes, labels = spec.num_classes, spec.labels
     built = source.build(
         name,
-        weights=weights,
-        checkpoint=checkpoint,
+        weights=spec.weights,
+        checkpoint=spec.checkpoint,
         num_classes=num_classes,
-        input_size=input_size,
+        input_size=spec.input_size,
         progress=progress,
     )
     model = built.model
@@ -117,7 +112,7 @@ def load_source_model(
         model=model,
         name=f"{source.PREFIX}{name}",
         weights=built.weights,
-        preprocess=built.preprocess.with_fit(fit),
+        preprocess=built.preprocess.with_fit(spec.fit),
         labels=label_list,
         device=dev,
         num_classes=n_classes,
