@@ -32,7 +32,7 @@ from rich.text import Text
 
 from camcli.errors import CamcliWarning
 from camcli.images import display_path
-from camcli.writers import json_line
+from camcli.machine_output import json_line
 
 if TYPE_CHECKING:
     from camcli.config import Summary

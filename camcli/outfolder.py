@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from camcli.errors import CamcliError, UsageError
-from camcli.writers import create_temp, json_line
+from camcli.machine_output import json_line
+from camcli.writers import create_temp
 
 if TYPE_CHECKING:
     from camcli.shards import Shard

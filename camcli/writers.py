@@ -6,12 +6,10 @@ import contextlib
 import errno
 import hashlib
 import io
-import json
 import os
 import re
 import secrets
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 import cv2
 import numpy as np
@@ -94,33 +92,6 @@ def write_atomic(path: Path, data: bytes, temp_dir: Path | None = None) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-# Lone surrogates, and the line breaks str.splitlines() honours that json.dumps leaves raw.
-_ESCAPED = re.compile("[\x85\u2028\u2029\ud800-\udfff]")
-
-
-#: Why a measured value is null in the outputs: JSON has no NaN or inf (``json_text``).
-NOT_FINITE = "not finite (NaN or inf)"
-
-
-def json_text(data: Any, *, indent: int | None = None) -> str:
-    """``data`` as standard JSON text (no newline at the end): the one place camcli writes
-    JSON (the manifest, every ``--json``, the report pages' data), UTF-8 text where possible.
-
-    A lone surrogate (how Python keeps the undecodable bytes of a file name) cannot be encoded
-    as UTF-8, so it is written as a ``\\udcXX`` escape, which ``json.loads`` turns back into
-    the same ``str``. A NaN or infinite float raises ValueError: JSON has no such numbers
-    (``NaN`` tokens break ``jq`` and every strict parser), so whoever builds ``data`` writes a
-    result that is not finite as null, with its reason beside it.
-    """
-    text = json.dumps(data, ensure_ascii=False, allow_nan=False, indent=indent)
-    return _ESCAPED.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
-def json_line(record: Any) -> str:
-    """``record`` as one line of JSON (``json_text``): a manifest or ``--json-lines`` line."""
-    return json_text(record)
 
 
 def encode_image(rgb: np.ndarray, fmt: str) -> bytes:

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 import camcli
 from camcli.cli import app
-from camcli.writers import json_line, json_text, output_path, write_atomic
+from camcli.machine_output import json_line, json_text
+from camcli.writers import output_path, write_atomic
 from conftest import tiny_args
 
 

@@ -29,8 +29,9 @@ from camcli.check.reports import (
 )
 from camcli.check.results import CaseResult, Outcome, Report
 from camcli.errors import EXIT_OK, UsageError
+from camcli.machine_output import json_text
 from camcli.metrics.maps import in_boxes, map_similarity, peak_and_energy
-from camcli.writers import json_text, write_atomic
+from camcli.writers import write_atomic
 
 __all__ = [
     "CaseResult",

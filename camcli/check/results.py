@@ -13,8 +13,8 @@ from camcli.check.spec import CaseSpec, CheckSpec
 from camcli.errors import EXIT_OK, EXIT_SOME_FAILED
 from camcli.explain import Explainer
 from camcli.images import Box
+from camcli.machine_output import NOT_FINITE
 from camcli.models import LoadedModel
-from camcli.writers import NOT_FINITE
 
 
 @dataclass

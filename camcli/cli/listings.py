@@ -27,8 +27,8 @@ def layers(
     """List a model's layers: name, type, output shape, the grid it gives; marks the default."""
     go_offline(offline)
     from camcli.layers import known_default_layer, trace_layers
+    from camcli.machine_output import json_text
     from camcli.models import input_too_small, load_model
-    from camcli.writers import json_text
 
     loaded = load_model(model, weights="none", device="cpu", input_size=input_size)
     size = loaded.preprocess.crop_size
@@ -110,8 +110,8 @@ def methods(
     ] = False,
 ) -> None:
     """List the CAM methods, whether each needs gradients, and its paper."""
+    from camcli.machine_output import json_text
     from camcli.methods import METHODS
-    from camcli.writers import json_text
 
     if json_out:
         for info in METHODS.values():

@@ -39,10 +39,11 @@ from camcli.engines.batch import BatchWork, Loaded, load
 from camcli.errors import CamcliError, UsageError, install_extra
 from camcli.explain import Explainer, Target, parse_targets
 from camcli.images import Box, Preprocess, model_view, to_rgb
+from camcli.machine_output import json_line
 from camcli.outfolder import OutputFolder, Record
 from camcli.signals import interrupts_deferred, interrupts_ignored
 from camcli.sources import Source
-from camcli.writers import encode_image, json_line
+from camcli.writers import encode_image
 
 __all__ = ["INSTALL", "ExplainBatch", "RayOptions", "import_ray", "run_on_ray"]
 

@@ -27,11 +27,11 @@ from camcli.evaluate.plots import write_plots
 from camcli.evaluate.report import report_csv, report_json, table
 from camcli.evaluate.runner import FAMILIES, Evaluation, Settings, evaluate_methods, load_items
 from camcli.explain import parse_targets
+from camcli.machine_output import json_text
 from camcli.methods import get_method_class
 from camcli.models import load_model
 from camcli.sources import collect_sources
 from camcli.startup import resume_gc
-from camcli.writers import json_text
 
 __all__ = ["FAMILIES", "Evaluation", "ModelOptions", "Settings", "run_evaluate"]
 

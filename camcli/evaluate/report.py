@@ -10,9 +10,9 @@ from typing import Any
 from rich.table import Table
 
 from camcli.evaluate.runner import FAMILIES, HIGHER_IS_BETTER, Evaluation, MethodResult
+from camcli.machine_output import NOT_FINITE
 from camcli.metrics.sanity import SANITY_THRESHOLD
 from camcli.metrics.stats import interval
-from camcli.writers import NOT_FINITE
 
 
 def metric_names(evaluation: Evaluation) -> list[str]:

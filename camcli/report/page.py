@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
-from camcli.writers import json_text
+from camcli.machine_output import json_text
 
 
 def text(value: object) -> str:
