@@ -25,10 +25,11 @@ from typer.testing import CliRunner
 
 from camcli.cli import app
 from camcli.errors import UsageError
-from camcli.explain import Explainer, Target
+from camcli.explain import Explainer
 from camcli.images import Preprocess
 from camcli.methods import METHODS, get_method_class
 from camcli.models import LoadedModel
+from camcli.targets import Target
 
 CLASSES = 10
 TARGETS = [Target(rank=1), Target(index=3)]

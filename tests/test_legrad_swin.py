@@ -17,9 +17,10 @@ from torch import nn
 from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformerBlockV2
 
 from camcli.errors import UsageError
-from camcli.explain import Explainer, Target
+from camcli.explain import Explainer
 from camcli.images import Preprocess
 from camcli.models import LoadedModel
+from camcli.targets import Target
 from tests.test_methods_new_cli import camcli_run, records
 
 # name -> (window side, V2): window 4 on the 8x8 last stage shifts by 2; window 3 pads 8 to 9

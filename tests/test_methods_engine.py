@@ -17,12 +17,13 @@ from typer.testing import CliRunner
 import synthetic
 from camcli.cli import app
 from camcli.errors import UsageError
-from camcli.explain import AUGMENTATIONS, Explainer, Target
+from camcli.explain import AUGMENTATIONS, Explainer
 from camcli.images import Preprocess
 from camcli.methods import METHODS, get_method_class
 from camcli.methods.base import CamContext
 from camcli.methods.guided import guided_relus, input_gradients
 from camcli.models import LoadedModel
+from camcli.targets import Target
 from conftest import tiny_args
 
 runner = CliRunner()

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 import synthetic
-from camcli.explain import Explainer, Target
+from camcli.explain import Explainer
 from camcli.images import Preprocess
 from camcli.methods import METHODS
 from camcli.models import LoadedModel
+from camcli.targets import Target
 
 HELD_OUT = 100
 # Score-CAM family and Ablation-CAM run one pass per channel (64 here) and image, times their

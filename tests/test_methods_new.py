@@ -26,7 +26,8 @@ from test_methods_reference import (
 )
 from torch import nn
 
-from camcli.explain import Explainer, Target
+from camcli.explain import Explainer
+from camcli.targets import Target
 
 pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
 torchcam_methods = pytest.importorskip("torchcam.methods")

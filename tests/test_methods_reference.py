@@ -14,9 +14,10 @@ import torch
 import torchvision
 from torch import nn
 
-from camcli.explain import Explainer, Target
+from camcli.explain import Explainer
 from camcli.images import Preprocess
 from camcli.models import LoadedModel
+from camcli.targets import Target
 
 pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
 torchcam_methods = pytest.importorskip("torchcam.methods")

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from camcli.cli import app
 from camcli.errors import UsageError
-from camcli.explain import Explainer, Target
+from camcli.explain import Explainer
 from camcli.layers import (
     Layout,
     default_layer,
@@ -28,6 +28,7 @@ from camcli.layers import (
     trace_layers,
 )
 from camcli.models import head_layer, load_model
+from camcli.targets import Target
 
 ALL_MODELS = torchvision.models.list_models(module=torchvision.models)
 

@@ -18,9 +18,10 @@ from typer.testing import CliRunner
 
 from camcli.cli import app
 from camcli.errors import UsageError
-from camcli.explain import Explainer, Target, to_model_input
+from camcli.explain import Explainer, to_model_input
 from camcli.images import model_view
 from camcli.models import load_model
+from camcli.targets import Target
 from conftest import camcli_cli, random_image, run_without_network
 
 transformers = pytest.importorskip("transformers")  # the test extra; the hf extra for users

@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 
 from camcli.cli import app
 from camcli.errors import UsageError
-from camcli.explain import Explainer, Target
+from camcli.explain import Explainer
 from camcli.layers import spatial_layout, token_prefix
 from camcli.models import LoadedModel, load_model
+from camcli.targets import Target
 from conftest import camcli_cli, random_image, run_without_network
 
 timm = pytest.importorskip("timm")  # the test extra installs it; the timm extra for users

@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 
 import synthetic
 from camcli.cli import app
-from camcli.explain import Explainer, Target
+from camcli.explain import Explainer
 from camcli.images import Preprocess
 from camcli.methods import METHODS
 from camcli.models import LoadedModel
+from camcli.targets import Target
 from conftest import tiny_args
 
 GRADIENT_METHODS = sorted(n for n, info in METHODS.items() if info.needs_grad)
