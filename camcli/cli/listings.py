@@ -16,21 +16,19 @@ def layers(
     model: Annotated[
         str, typer.Argument(help="torchvision classifier name, timm:NAME or hf:ID_OR_DIR.")
     ],
-    input_size: Annotated[
-        int | None, typer.Option(help="Input size for the dummy forward.", min=16)
-    ] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="JSON lines instead of a table.")
-    ] = False,
+    input_size: o.InputSizeOption = None,
+    json_out: o.JsonOption = False,
     offline: o.OfflineOption = False,
 ) -> None:
     """List a model's layers: name, type, output shape, the grid it gives; marks the default."""
     go_offline(offline)
+    from camcli.config import ModelSpec
     from camcli.layers import known_default_layer, trace_layers
     from camcli.machine_output import json_text
     from camcli.models import input_too_small, load_model
 
-    loaded = load_model(model, weights="none", device="cpu", input_size=input_size)
+    # The layers do not depend on the weights: a random model, on the CPU, downloads nothing.
+    loaded = load_model(ModelSpec(model, weights="none", device="cpu", input_size=input_size))
     size = loaded.preprocess.crop_size
     try:
         infos, default = trace_layers(loaded.model, size, loaded.device)
@@ -104,11 +102,7 @@ def models(
 
 
 @command_errors()
-def methods(
-    json_out: Annotated[
-        bool, typer.Option("--json", help="JSON lines instead of a table.")
-    ] = False,
-) -> None:
+def methods(json_out: o.JsonOption = False) -> None:
     """List the CAM methods, whether each needs gradients, and its paper."""
     from camcli.machine_output import json_text
     from camcli.methods import METHODS
