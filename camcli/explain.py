@@ -544,27 +544,15 @@ class Explainer:
 
 
 def explain(
-    loaded: LoadedModel,
-    batch: torch.Tensor,
-    *,
-    method: str = "gradcam",
-    layers: Sequence[str] | None = None,
-    targets: Sequence[str] = ("top1",),
-    top_k: int | None = None,
-    aug_smooth: bool = False,
-    eigen_smooth: bool = False,
-    chunk_size: int = 32,
-    precision: str = "fp32",
+    loaded: LoadedModel, batch: torch.Tensor, spec: ExplainSpec | None = None, **options: Any
 ) -> Explanation:
-    """One-shot helper: explain a normalised (N, 3, H, W) batch."""
-    explainer = Explainer(
-        loaded,
-        method=method,
-        layers=layers,
-        aug_smooth=aug_smooth,
-        eigen_smooth=eigen_smooth,
-        chunk_size=chunk_size,
-        precision=precision,
-    )
-    parsed = parse_targets(targets, top_k, loaded.labels, loaded.num_classes)
+    """One-shot helper: explain a normalised (N, 3, H, W) batch. ``spec`` says how, or its
+    fields as keywords (``explain(loaded, batch, method="gradcam", targets=["top1"])``)."""
+    if spec is None:
+        spec = ExplainSpec(**options)
+    elif options:
+        raise TypeError("explain: an ExplainSpec or keywords, not both")
+    explainer = Explainer(loaded, spec)
+    parsed = parse_targets(list(spec.targets) or ["top1"], spec.top_k, loaded.labels,
+                           loaded.num_classes)  # fmt: skip
     return explainer.explain(batch.to(loaded.device), parsed)
