@@ -193,7 +193,8 @@ def row_gradcam(bench: Bench) -> None:
     from pytorch_grad_cam import GradCAM as PgcGradCAM
     from torchcam.methods import GradCAM as TcGradCAM
 
-    from camcli.explain import Explainer, Target
+    from camcli.explain import Explainer
+    from camcli.targets import Target
 
     n = 4 if bench.quick else 16
     loaded = _loaded(bench, "resnet50")
@@ -252,7 +253,8 @@ def row_bf16(bench: Bench) -> None:
     """camcli with --precision bf16 (fp16 on CUDA) against camcli fp32: speed and map agreement."""
     import torch
 
-    from camcli.explain import Explainer, Target
+    from camcli.explain import Explainer
+    from camcli.targets import Target
 
     precision = "fp16" if bench.device.startswith("cuda") else "bf16"
     n = 4 if bench.quick else 16
@@ -285,7 +287,8 @@ def row_topk(bench: Bench) -> None:
     """Top-5 Grad-CAM maps in one call against top-1."""
     import torch
 
-    from camcli.explain import Explainer, Target
+    from camcli.explain import Explainer
+    from camcli.targets import Target
 
     n = 4 if bench.quick else 16
     loaded = _loaded(bench, "resnet50")
@@ -346,7 +349,8 @@ def row_scorecam(bench: Bench) -> None:
     import torch
     from torchcam.methods import ScoreCAM
 
-    from camcli.explain import Explainer, Target
+    from camcli.explain import Explainer
+    from camcli.targets import Target
 
     loaded = _loaded(bench, "resnet18")
     tc_model = _twin(loaded)

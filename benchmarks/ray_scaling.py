@@ -42,8 +42,9 @@ def main() -> None:
 
     import ray
 
+    from camcli.config import ExplainSpec, ModelSpec, RunConfig
     from camcli.engines.ray import RayOptions
-    from camcli.config import RunConfig
+    from camcli.errors import EXIT_OK, EXIT_SOME_FAILED
     from camcli.run import run_images
 
     counts = [int(n) for n in args.actors.split(",")]
@@ -57,8 +58,10 @@ def main() -> None:
         out = work / f"out-{name}"
         config = RunConfig(out=out, formats=("jpg",), batch_size=args.batch_size)
         start = time.perf_counter()
-        code = run_images([str(work / "in")], config, model=args.model, weights="none",
-                          device="cpu", quiet=True, engine=engine, ray=options)  # fmt: skip
+        model = ModelSpec(args.model, weights="none", device="cpu")
+        result = run_images([str(work / "in")], model, ExplainSpec(), config, engine=engine,
+                            ray=options)  # fmt: skip
+        code = EXIT_SOME_FAILED if result.summary.failed else EXIT_OK
         seconds = time.perf_counter() - start
         rows.append((name, seconds, args.images / seconds, code))
         print(f"{name}: {seconds:.1f} s, {args.images / seconds:.1f} images/s (exit {code})",

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from camcli.config import DEFAULT_METHOD, ExplainSpec, ModelSpec
 from camcli.errors import UsageError
-from camcli.explain import Explanation, explain, to_model_input
+from camcli.explain import Explainer, Explanation, parse_targets, to_model_input
 from camcli.images import Box, load_image, model_view, to_rgb
 from camcli.models import LoadedModel, load_model
 
@@ -50,10 +51,10 @@ def _rgb(image: ImageLike, position: int) -> Image.Image:
 
 
 def explain_images(
-    model: str | LoadedModel,
+    model: str | ModelSpec | LoadedModel,
     images: ImageLike | Sequence[ImageLike],
     *,
-    method: str = "gradcam",
+    method: str = DEFAULT_METHOD,
     layers: Sequence[str] | None = None,
     targets: Sequence[str] = ("top1",),
     top_k: int | None = None,
@@ -68,34 +69,28 @@ def explain_images(
 ) -> ExplainedImages:
     """Explain images as the CLI does: each resized and cropped as the model expects.
 
-    ``model`` is a name (loaded with ``weights``, ``device``, ``input_size`` and ``fit``) or a
-    ``LoadedModel`` (which keeps its own; those four are then ignored). ``images`` are paths,
-    PIL images or H x W x 3 uint8 RGB arrays, alone or in a sequence; all are explained in one
-    batch. A path that is not a readable image raises ``InputError``.
+    ``model`` is a name (loaded with ``weights``, ``device``, ``input_size`` and ``fit``), a
+    ``ModelSpec`` or a ``LoadedModel`` (which keep their own; those four are then ignored).
+    ``images`` are paths, PIL images or H x W x 3 uint8 RGB arrays, alone or in a sequence; all
+    are explained in one batch. A path that is not a readable image raises ``InputError``.
     """
-    loaded = (
-        model
-        if isinstance(model, LoadedModel)
-        else load_model(
-            model, weights=weights, device=device, input_size=input_size, fit=fit, progress=False
-        )
-    )
+    if isinstance(model, LoadedModel):
+        loaded = model
+    elif isinstance(model, ModelSpec):
+        loaded = load_model(model, progress=False)
+    else:
+        spec = ModelSpec(model, weights, device=device, input_size=input_size, fit=fit)
+        loaded = load_model(spec, progress=False)
+    how = ExplainSpec(method=method, layers=tuple(layers or ()), targets=tuple(targets),
+                      top_k=top_k, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
+                      chunk_size=chunk_size, precision=precision)  # fmt: skip
     single = isinstance(images, (str, os.PathLike, Image.Image, np.ndarray))
     items: Sequence[ImageLike] = [images] if single else list(images)  # type: ignore[list-item]
     if not items:
         raise UsageError("no images to explain")
     pictures = [_rgb(image, i) for i, image in enumerate(items)]
     views, boxes = zip(*(model_view(p, loaded.preprocess) for p in pictures), strict=True)
-    explanation = explain(
-        loaded,
-        to_model_input(np.stack(views), loaded),
-        method=method,
-        layers=layers,
-        targets=targets,
-        top_k=top_k,
-        aug_smooth=aug_smooth,
-        eigen_smooth=eigen_smooth,
-        chunk_size=chunk_size,
-        precision=precision,
-    )
+    explainer = Explainer(loaded, how)
+    parsed = parse_targets(how.targets, how.top_k, loaded.labels, loaded.num_classes)
+    explanation = explainer.explain(to_model_input(np.stack(views), loaded), parsed)
     return ExplainedImages(explanation, [np.asarray(p) for p in pictures], list(boxes))

@@ -1,29 +1,34 @@
-"""``camcli run`` as one library call: set up (all checks before any work), run, report."""
+"""``camcli run`` as one library call: set up (all checks before any work), run, return the tally.
+
+What a run shows (records, progress, warnings) goes to an observer the caller passes in
+(``RunObserver``: the command's ``camcli.display.RunDisplay``); the summary line, the report
+and the exit code are the command's (``camcli.cli.run``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
-from rich.markup import escape
-
-from camcli.config import RunConfig
-from camcli.display import RunDisplay
+from camcli.config import ExplainSpec, ModelSpec, RunConfig, Summary
 from camcli.engines.batch import run_settings
 from camcli.engines.batchsize import AUTO, auto_batch_size
 from camcli.engines.local import Pipeline
-from camcli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
+from camcli.errors import UsageError
 from camcli.explain import Explainer, concept_targets, parse_targets
 from camcli.methods import get_method_class
-from camcli.models import load_model
-from camcli.outfolder import MANIFEST, check_output_folder, part_name
+from camcli.models import LoadedModel, load_model
+from camcli.outfolder import MANIFEST, Record, check_output_folder, part_name
 from camcli.render import colormap_lut
 from camcli.shards import select_sources
 from camcli.sources import collect_sources
 from camcli.startup import resume_gc
-from camcli.targets import apply_head, head_targets
+from camcli.targets import Target, apply_head, head_targets
 
 if TYPE_CHECKING:
     from camcli.engines.ray import RayOptions
@@ -31,116 +36,144 @@ if TYPE_CHECKING:
 ENGINES = ("local", "ray")
 
 
+class RunObserver(Protocol):
+    """Who hears about a run as it goes (``camcli.display.RunDisplay``).
+
+    ``live``: show the weights' download progress; ``warnings_once``: the context the whole
+    setup and run happen in (to show each distinct warning once); ``running``: the context of
+    the images' processing; ``record``: each manifest record; ``advance``: ``n`` more inputs
+    done; ``passes``: ``done`` of ``total`` extra forward passes of one explanation.
+    """
+
+    live: bool
+
+    def warnings_once(self) -> AbstractContextManager[Any]: ...
+
+    def running(self, description: str, total: int) -> AbstractContextManager[Any]: ...
+
+    def record(self, record: Record) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+    def passes(self, done: int, total: int) -> None: ...
+
+
+class _Unobserved:
+    """A run nobody watches: warnings go their usual way, nothing else is shown."""
+
+    live = False
+
+    def warnings_once(self) -> AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+    def running(self, description: str, total: int) -> AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+    def record(self, record: Record) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
+
+    def passes(self, done: int, total: int) -> None:
+        pass
+
+
+@dataclass
+class RunResult:
+    """What a run did (``summary``) and where: the output folder and the manifest file its
+    records went to (``manifest.jsonl``, or a shard's own part)."""
+
+    summary: Summary
+    out: Path
+    manifest: str
+
+
 def run_images(
     paths: Sequence[str],
+    model: ModelSpec,
+    explain: ExplainSpec,
     config: RunConfig,
     *,
-    model: str = "resnet50",
-    weights: str = "DEFAULT",
-    checkpoint: Path | None = None,
-    num_classes: int | None = None,
-    labels: Path | None = None,
-    method: str = "gradcam",
-    layers: Sequence[str] = (),
-    targets: Sequence[str] = (),
-    top_k: int | None = None,
-    fit: str = "crop",
-    input_size: int | None = None,
-    device: str = "auto",
-    precision: str = "fp32",
-    quiet: bool = False,
-    json_lines: bool = False,
-    aug_smooth: bool = False,
-    eigen_smooth: bool = False,
-    chunk_size: int = 32,
     engine: str = "local",
     ray: RayOptions | None = None,
-    report: bool = False,
-    head: str = "auto",
-    threshold: float = 0.5,
-    score_threshold: float = 0.5,
-    concepts: int = 5,
-) -> int:
-    """Explain every image in ``paths`` and write the outputs; returns the exit code.
+    observer: RunObserver | None = None,
+) -> RunResult:
+    """Explain every image in ``paths`` with ``model`` as ``explain`` says and write the
+    outputs as ``config`` says; what the run did.
 
     ``engine``: ``local`` (threads and one model here) or ``ray`` (Ray Data, ``ray`` says
-    where and how wide; ``camcli.engines.ray``). ``report``: then write ``OUT/report.html``
-    (``camcli.report.run``), failed inputs or not. Raises a CamcliError (exit 2) for any setup
-    problem before a single image is processed.
+    where and how wide; ``camcli.engines.ray``). Raises a CamcliError (exit 2) for any setup
+    problem before a single image is processed; a failed input is a record, not an exception.
     """
-    display = RunDisplay(quiet=quiet, json_lines=json_lines)
-    if report and config.shard is not None:
-        raise UsageError(
-            "--report with --shard: shards write into OUT at once; run camcli report OUT "
-            "once they have all finished"
-        )
-    driver_device = _check_engine(engine, ray, device)
-    with display.warnings_once():
-        get_method_class(method)
+    observer = observer or _Unobserved()
+    driver_device = _check_engine(engine, ray, model.device)
+    with observer.warnings_once():
+        get_method_class(explain.method)
         colormap_lut(config.colormap)
         sources = collect_sources(paths, sys.stdin, exclude=(config.out,))
         sources = select_sources(sources, config.shard)  # all of them without --shard
         # A file in the way, not writable, in use: exit 2 now.
         check_output_folder(config.out, config.shard)
-        # What builds the model and the explainer, once: the Ray actors rebuild them from the
-        # same arguments (on their own device) as the driver does here.
-        model_args = dict(name=model, weights=weights, checkpoint=checkpoint,
-                          num_classes=num_classes, labels=labels, device=device,
-                          input_size=input_size, fit=fit)  # fmt: skip
-        explainer_args = dict(method=method, layers=list(layers), aug_smooth=aug_smooth,
-                              eigen_smooth=eigen_smooth, chunk_size=chunk_size,
-                              precision=precision, score_threshold=score_threshold)  # fmt: skip
-        loaded = load_model(**{**model_args, "device": driver_device}, progress=display.live)
-        apply_head(loaded, head)
-        explainer = Explainer(loaded, **explainer_args, progress=display.passes)
-        parsed = head_targets(
-            loaded.head,
-            targets,
-            top_k,
-            lambda: parse_targets(targets, top_k, loaded.labels, loaded.num_classes),
-            loaded.num_classes,
-            threshold,
-        )
-        if getattr(explainer.method, "concepts", None) is not None:
-            if targets or top_k is not None:
-                raise UsageError(
-                    f"{method}'s targets are its concepts: use --concepts K, not --target/--top-k"
-                )
-            parsed = concept_targets(concepts)
+        # The Ray actors build the model and the explainer from the same specs (on their own
+        # device) as the driver does here.
+        loaded = load_model(replace(model, device=driver_device), progress=observer.live)
+        apply_head(loaded, model.head)
+        explainer = Explainer(loaded, explain, progress=observer.passes)
+        targets = _targets(loaded, explainer, explain)
         if config.batch_size == AUTO:
-            config.batch_size = auto_batch_size(explainer, parsed)
+            config = replace(config, batch_size=auto_batch_size(explainer, targets))
         resume_gc()
 
-        with display.running(f"{explainer.method_name} {loaded.name}", total=len(sources)):
-            settings = run_settings(explainer, config, checkpoint, parsed)
+        name_layers = bool(explain.layers)  # chosen by the user: they go in the output names
+        with observer.running(f"{explainer.method_name} {loaded.name}", total=len(sources)):
+            settings = run_settings(explainer, config, model.checkpoint, targets)
             if engine == "ray":
                 from camcli.engines.batch import BatchWork
                 from camcli.engines.ray import ActorSetup, RayOptions, run_on_ray
 
-                work = BatchWork(explainer, parsed, config, settings, name_layers=bool(layers))
-                setup = ActorSetup(model_args, explainer_args, parsed, config, settings,
-                                   name_layers=bool(layers), head=loaded.head)  # fmt: skip
+                work = BatchWork(explainer, targets, config, settings, name_layers=name_layers)
+                # The head the driver resolved, so that every actor reads the output alike.
+                actors = replace(model, head=loaded.head)
+                setup = ActorSetup(actors, explain, targets, config, settings,
+                                   name_layers=name_layers)  # fmt: skip
                 summary = run_on_ray(sources, work, setup, ray or RayOptions(),
-                                     on_record=display.record, on_progress=display.advance)  # fmt: skip
+                                     on_record=observer.record, on_progress=observer.advance)  # fmt: skip
             else:
                 pipeline = Pipeline(
                     explainer,
-                    parsed,
+                    targets,
                     config,
-                    on_record=display.record,
-                    on_progress=display.advance,
-                    name_layers=bool(layers),
+                    on_record=observer.record,
+                    on_progress=observer.advance,
+                    name_layers=name_layers,
                     settings=settings,
                 )
                 summary = pipeline.run(sources)
-    display.finish(summary, config.out, part_name(config.shard) if config.shard else MANIFEST)
-    if report:
-        from camcli.report.run import write_run_report
+    manifest = part_name(config.shard) if config.shard else MANIFEST
+    return RunResult(summary, config.out, manifest)
 
-        path, _, _ = write_run_report(config.out)
-        if not quiet:
-            display.console.print(f"report: {escape(str(path))}")
-    return EXIT_SOME_FAILED if summary.failed else EXIT_OK
+
+def _targets(loaded: LoadedModel, explainer: Explainer, explain: ExplainSpec) -> list[Target]:
+    """What the run explains: ``--target`` / ``--top-k`` read for the model's head, or a
+    concept method's concepts."""
+    given, top_k = explain.targets, explain.top_k
+    targets = head_targets(
+        loaded.head,
+        given,
+        top_k,
+        lambda: parse_targets(given, top_k, loaded.labels, loaded.num_classes),
+        loaded.num_classes,
+        explain.threshold,
+    )
+    if getattr(explainer.method, "concepts", None) is not None:
+        if given or top_k is not None:
+            raise UsageError(
+                f"{explain.method}'s targets are its concepts: use --concepts K, not "
+                "--target/--top-k"
+            )
+        targets = concept_targets(explain.concepts)
+    return targets
 
 
 def _check_engine(engine: str, ray: RayOptions | None, device: str) -> str:

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from camcli.api import explain_images
 from camcli.cli import app
-from camcli.config import RunConfig
+from camcli.config import ExplainSpec, ModelSpec, RunConfig
 from camcli.engines.batch import BatchWork, run_settings
 from camcli.engines.ray import (
     INSTALL,
@@ -50,11 +50,11 @@ def records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
 
 
-def model_args(ckpt: dict) -> dict:
-    """The tiny synthetic model as ``load_model`` keywords (``tiny_args`` on the CLI)."""
-    return dict(name=str(ckpt["model"]), weights="DEFAULT", checkpoint=ckpt["checkpoint"],
-                num_classes=None, labels=ckpt["labels"], device="cpu", input_size=64,
-                fit="stretch")  # fmt: skip
+def model_spec(ckpt: dict) -> ModelSpec:
+    """The tiny synthetic model as a ModelSpec (``tiny_args`` on the CLI)."""
+    return ModelSpec(model=str(ckpt["model"]), weights="DEFAULT", checkpoint=ckpt["checkpoint"],
+                     num_classes=None, labels=ckpt["labels"], device="cpu", input_size=64,
+                     fit="stretch")  # fmt: skip
 
 
 def with_bad_file(folder: Path) -> Path:
@@ -110,12 +110,12 @@ def test_the_read_task_and_the_actor_write_what_a_local_run_writes(
 
     out = tmp_path / "actors"
     config = RunConfig(out=out, formats=("npy", "jpg"), batch_size=4)
-    loaded = load_model(**model_args(tiny_checkpoint), progress=False)
+    loaded = load_model(model_spec(tiny_checkpoint), progress=False)
     explainer = Explainer(loaded, method="gradcam")
     targets = parse_targets([], None, loaded.labels, loaded.num_classes)
     settings = run_settings(explainer, config, tiny_checkpoint["checkpoint"])
-    setup = ActorSetup(model_args(tiny_checkpoint), {"method": "gradcam"}, targets, config,
-                       settings)  # fmt: skip
+    setup = ActorSetup(model_spec(tiny_checkpoint), ExplainSpec(method="gradcam"), targets,
+                       config, settings)  # fmt: skip
     sources = collect_sources([str(folder)], sys.stdin)
     with OutputFolder(out) as output:
         setup.temp_dir = output.temp_dir
@@ -138,13 +138,13 @@ def test_the_read_task_and_the_actor_write_what_a_local_run_writes(
 
 def test_the_drivers_work_and_the_actors_agree_on_names_and_settings(tiny_checkpoint, tmp_path):
     config = RunConfig(out=tmp_path / "o", formats=("npy",))
-    loaded = load_model(**model_args(tiny_checkpoint), progress=False)
+    loaded = load_model(model_spec(tiny_checkpoint), progress=False)
     explainer = Explainer(loaded, method="gradcam++", layers=["features.9"])
     targets = parse_targets(["top2", "red"], None, loaded.labels, loaded.num_classes)
     settings = run_settings(explainer, config, tiny_checkpoint["checkpoint"])
     driver = BatchWork(explainer, targets, config, settings, name_layers=True)
-    setup = ActorSetup(model_args(tiny_checkpoint),
-                       {"method": "gradcam++", "layers": ["features.9"]}, targets, config,
+    setup = ActorSetup(model_spec(tiny_checkpoint),
+                       ExplainSpec(method="gradcam++", layers=["features.9"]), targets, config,
                        settings, name_layers=True)  # fmt: skip
     actor = _ExplainActor(setup).work
     one = Source(tmp_path / "x.png", PurePosixPath("x.png"))
@@ -161,10 +161,12 @@ def test_a_batch_that_fails_as_a_whole_is_one_error_record_per_image(
     folder, _ = shapes_dir
     out = tmp_path / "out"
     config = RunConfig(out=out, formats=("npy",), batch_size=4)
-    loaded = load_model(**model_args(tiny_checkpoint), progress=False)
+    loaded = load_model(model_spec(tiny_checkpoint), progress=False)
     targets = parse_targets([], None, loaded.labels, loaded.num_classes)
     settings = run_settings(Explainer(loaded), config)
-    actor = _ExplainActor(ActorSetup(model_args(tiny_checkpoint), {}, targets, config, settings))
+    actor = _ExplainActor(
+        ActorSetup(model_spec(tiny_checkpoint), ExplainSpec(), targets, config, settings)
+    )
 
     def broken(*args, **kwargs):
         raise ValueError("a bug")
@@ -191,7 +193,7 @@ def test_explain_batch_gives_the_maps_of_explain_images_and_overlays(tiny_checkp
                            labels=tiny_checkpoint["labels"], device="cpu", input_size=64,
                            fit="stretch", targets=["top1", "blue"], overlay="png")  # fmt: skip
     out = explain(batch)
-    loaded = load_model(**model_args(tiny_checkpoint), progress=False)
+    loaded = load_model(model_spec(tiny_checkpoint), progress=False)
     expected = explain_images(loaded, images, targets=["top1", "blue"]).explanation
     assert set(out) == {"path", "map", "class_index", "score", "label", "error", "overlay"}
     assert list(out["path"]) == ["a.png", "b.png"]
@@ -263,11 +265,10 @@ def test_a_ray_run_writes_what_a_local_run_writes(ray_instance, tiny_checkpoint,
                   *tiny_args(tiny_checkpoint)).exit_code == 1  # fmt: skip
     out = tmp_path / "ray"
     config = RunConfig(out=out, formats=("npy", "jpg"), batch_size=4)
-    args = model_args(tiny_checkpoint)
-    args["model"] = args.pop("name")
-    code = run_images([str(folder)], config, quiet=True, engine="ray",
-                      ray=RayOptions(actors=1), **args)  # fmt: skip
-    assert code == 1  # one image failed: its record, not a failed job
+    spec = model_spec(tiny_checkpoint)
+    result = run_images([str(folder)], spec, ExplainSpec(), config, engine="ray",
+                        ray=RayOptions(actors=1))  # fmt: skip
+    assert len(result.summary.failed) == 1  # one image failed: its record, not a failed job
     assert_same_run(local, out)
     [error] = [r for r in records(out) if r["status"] == "error"]
     assert error["error"] == f"{bad}: not an image, or a format camcli does not read"
@@ -276,8 +277,9 @@ def test_a_ray_run_writes_what_a_local_run_writes(ray_instance, tiny_checkpoint,
     # --skip-existing on Ray: every record kept, nothing redone
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.npy")}
     config.skip_existing = True
-    assert run_images([str(folder)], config, quiet=True, engine="ray",
-                      ray=RayOptions(actors=1), **args) == 1  # fmt: skip
+    again = run_images([str(folder)], spec, ExplainSpec(), config, engine="ray",
+                       ray=RayOptions(actors=1))  # fmt: skip
+    assert len(again.summary.failed) == 1
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.npy")} == stamps
     assert sum(bool(r.get("skipped")) for r in records(out)) == 12
 
@@ -319,7 +321,7 @@ def test_explain_batch_in_a_ray_data_pipeline(ray_instance, tiny_checkpoint):
         batch_size=2,
         batch_format="numpy",
     ).take_all()  # fmt: skip
-    loaded = load_model(**model_args(tiny_checkpoint), progress=False)
+    loaded = load_model(model_spec(tiny_checkpoint), progress=False)
     expected = explain_images(loaded, images).explanation
     by_path = {row["path"]: row for row in rows}
     for i in range(5):

@@ -9,6 +9,8 @@ import typer
 
 from camcli.cli import options as o
 from camcli.cli.edge import command_errors, go_offline
+from camcli.config import DEFAULT_METHOD, DEFAULT_MODEL, ExplainSpec, RunConfig
+from camcli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
 
 
 @command_errors(
@@ -16,35 +18,20 @@ from camcli.cli.edge import command_errors, go_offline
     "rerun with --skip-existing to resume"
 )
 def run(
-    paths: Annotated[
-        list[str],
-        typer.Argument(
-            help="Image files, directories (walked recursively), glob patterns, or - to read "
-            "one path per line from stdin.",
-            show_default=False,
-        ),
-    ],
+    paths: o.PathsArgument,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output folder; directory trees are mirrored.")
     ] = Path("camcli-out"),
-    model: o.ModelOption = "resnet50",
+    model: o.ModelOption = DEFAULT_MODEL,
     weights: o.WeightsOption = "DEFAULT",
     checkpoint: o.CheckpointOption = None,
     num_classes: o.NumClassesOption = None,
     labels: o.LabelsOption = None,
     method: Annotated[
         str, typer.Option("--method", help="CAM method (camcli methods lists them).")
-    ] = "gradcam",
+    ] = DEFAULT_METHOD,
     layer: o.LayerOption = None,
-    target: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--target",
-            "-t",
-            help="top1 (default), topN, a class index or a class name; repeatable.",
-            show_default=False,
-        ),
-    ] = None,
+    target: o.TargetOption = None,
     top_k: Annotated[
         int | None,
         typer.Option("--top-k", "-k", help="Maps for the K most likely classes.", min=1),
@@ -66,15 +53,7 @@ def run(
     ] = "jet",
     fit: o.FitOption = o.Fit.crop,
     input_size: o.InputSizeOption = None,
-    batch_size: Annotated[
-        str,
-        typer.Option(
-            "--batch-size",
-            "-b",
-            help="Images per forward pass, or auto: on a GPU the largest batch that fits and "
-            "pays, measured at start-up; on the CPU 16.",
-        ),
-    ] = "auto",
+    batch_size: o.BatchSizeOption = "auto",
     aug_smooth: Annotated[
         bool,
         typer.Option(
@@ -89,15 +68,7 @@ def run(
             help="First principal component of the weighted activations instead of their sum.",
         ),
     ] = False,
-    chunk_size: Annotated[
-        int,
-        typer.Option(
-            "--chunk-size",
-            help="Extra forward passes run at once (Score-CAM family, Ablation-CAM, "
-            "Smooth Grad-CAM++).",
-            min=1,
-        ),
-    ] = 32,
+    chunk_size: o.ChunkSizeOption = 32,
     max_pixels: o.MaxPixelsOption = None,
     device: o.DeviceOption = "auto",
     offline: o.OfflineOption = False,
@@ -116,12 +87,8 @@ def run(
             show_default=False,
         ),
     ] = None,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bar or summary; errors only.")
-    ] = False,
-    json_lines: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object per result on stdout.")
-    ] = False,
+    quiet: o.QuietOption = False,
+    json_lines: o.JsonOption = False,
     engine: Annotated[
         o.Engine,
         typer.Option(
@@ -197,55 +164,45 @@ def run(
 ) -> None:
     """Write heatmaps (overlays or raw maps) for images, files or whole folders."""
     go_offline(offline)
-    from camcli.config import RunConfig
+    from rich.markup import escape
+
+    from camcli.display import RunDisplay
     from camcli.engines.batchsize import parse_batch_size
     from camcli.engines.ray import RayOptions
     from camcli.run import run_images
     from camcli.shards import parse_shard
 
     parsed_shard = None if shard is None else parse_shard(shard)
-    parsed_batch_size = parse_batch_size(batch_size)
     config = RunConfig(
         out=out,
         formats=tuple(dict.fromkeys(f.value for f in (fmt or [o.Format.jpg]))),
         alpha=alpha,
         colormap=colormap,
-        batch_size=parsed_batch_size,
+        batch_size=parse_batch_size(batch_size),
         skip_existing=skip_existing,
-        max_pixels=max_pixels,  # None: camcli.images.DEFAULT_MAX_PIXELS
         shard=parsed_shard,
     )
-    code = run_images(
-        paths,
-        config,
-        model=model,
-        weights=weights,
-        checkpoint=checkpoint,
-        num_classes=num_classes,
-        labels=labels,
-        method=method,
-        layers=layer or [],
-        targets=target or [],
-        top_k=top_k,
-        fit=fit.value,
-        input_size=input_size,
-        device=device,
-        precision=precision.value,
-        quiet=quiet,
-        json_lines=json_lines,
-        aug_smooth=aug_smooth,
-        eigen_smooth=eigen_smooth,
-        chunk_size=chunk_size,
-        engine=engine.value,
-        ray=(
-            RayOptions(address=ray_address, actors=ray_actors, num_gpus=num_gpus or 0.0)
-            if engine is o.Engine.ray or ray_address or ray_actors or num_gpus
-            else None
-        ),
-        report=report,
-        head=head,
-        threshold=threshold,
-        score_threshold=score_threshold,
-        concepts=concepts,
-    )
-    raise typer.Exit(code=code)
+    if report and parsed_shard is not None:
+        raise UsageError(
+            "--report with --shard: shards write into OUT at once; run camcli report OUT "
+            "once they have all finished"
+        )
+    spec = o.model_spec(model, weights, checkpoint, num_classes, labels, fit, input_size, device,
+                        max_pixels, head)  # fmt: skip
+    explain = ExplainSpec(method=method, layers=tuple(layer or ()), targets=tuple(target or ()),
+                          top_k=top_k, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
+                          precision=precision.value, chunk_size=chunk_size, threshold=threshold,
+                          score_threshold=score_threshold, concepts=concepts)  # fmt: skip
+    wants_ray = engine is o.Engine.ray or ray_address or ray_actors or num_gpus
+    ray = RayOptions(address=ray_address, actors=ray_actors, num_gpus=num_gpus or 0.0)
+    display = RunDisplay(quiet=quiet, json_lines=json_lines)
+    result = run_images(paths, spec, explain, config, engine=engine.value,
+                        ray=ray if wants_ray else None, observer=display)  # fmt: skip
+    display.finish(result.summary, result.out, result.manifest)
+    if report:
+        from camcli.report.run import write_run_report
+
+        path, _, _ = write_run_report(result.out)
+        if not quiet:
+            display.console.print(f"report: {escape(str(path))}")
+    raise typer.Exit(code=EXIT_SOME_FAILED if result.summary.failed else EXIT_OK)

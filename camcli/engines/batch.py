@@ -29,16 +29,17 @@ import torch
 
 from camcli.config import RunConfig
 from camcli.errors import CamcliError, InputError
-from camcli.explain import Explainer, Target, to_model_input
+from camcli.explain import Explainer, to_model_input
 from camcli.images import Box, Preprocess, load_image, model_view
+from camcli.models import LoadedModel
 from camcli.outfolder import Key, Record
 from camcli.render import Rect, draw_box, image_box, overlay, saliency_images
 from camcli.sources import Source
 from camcli.stages.tensor_path import TensorStages, tensor_stages
-from camcli.targets import NOTHING_FOUND, DetectionHead
+from camcli.targets import NOTHING_FOUND, DetectionHead, Target
 from camcli.writers import encode_image, encode_npy, output_path, write_atomic
 
-__all__ = ["BatchWork", "Loaded", "Plan", "WriteJob", "load"]
+__all__ = ["BatchWork", "Loaded", "Plan", "WriteJob", "load", "pixel_limit"]
 
 #: One image's files written, returning its records.
 WriteJob = Callable[[], list[Record]]
@@ -71,6 +72,12 @@ class Plan:
             }
             for t in targets
         }
+
+
+def pixel_limit(loaded: LoadedModel) -> int | None:
+    """The largest image ``loaded``'s run reads (``ModelSpec.max_pixels``); None, the default
+    limit, for a model built without a spec."""
+    return None if loaded.spec is None else loaded.spec.max_pixels
 
 
 def load(
@@ -127,11 +134,11 @@ class BatchWork:
         self.name_layer = self.layer if name_layers else None
         self.pixel_space = explainer.method.pixel_space
         self.temp_dir = temp_dir
-        # Decode, view, draw and encode as tensors on the model's device (CUDA), or not.
         model = explainer.loaded
-        self.stages = tensor_stages(
-            model.device, model.preprocess, self.pixel_space, config.max_pixels
-        )
+        self.max_pixels = pixel_limit(model)
+        # Decode, view, draw and encode as tensors on the model's device (CUDA), or not.
+        self.stages = tensor_stages(model.device, model.preprocess, self.pixel_space,
+                                    self.max_pixels)  # fmt: skip
 
     def plan(self, source: Source) -> Plan:
         return Plan(source, self.config, self.explainer.method_name, self.targets,
@@ -140,7 +147,7 @@ class BatchWork:
     def read(self, plan: Plan) -> Loaded | list[Record]:
         """The source of ``plan`` loaded, or its error records."""
         loaded = load(plan.source, self.explainer.loaded.preprocess, self.keep_image,
-                      self.config.max_pixels, self.stages)  # fmt: skip
+                      self.max_pixels, self.stages)  # fmt: skip
         return self.error(plan.source, loaded) if isinstance(loaded, str) else loaded
 
     @property

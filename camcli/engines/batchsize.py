@@ -14,13 +14,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from camcli.config import CPU_BATCH_SIZE
 from camcli.errors import UsageError
-from camcli.explain import Explainer, Target
+from camcli.explain import Explainer
 from camcli.models import is_out_of_memory
+from camcli.targets import Target
 
 AUTO = 0  # RunConfig.batch_size for ``--batch-size auto``
-#: On the CPU, ``auto`` is today's default: no probing (a CPU pays little for bigger batches).
-CPU_BATCH = 16
 
 
 def find_batch_size(
@@ -70,12 +70,13 @@ def parse_batch_size(text: str) -> int:
 
 
 def auto_batch_size(explainer: Explainer, targets: Sequence[Target]) -> int:
-    """``--batch-size auto`` for this explainer: ``CPU_BATCH`` off CUDA, else the size
-    ``find_batch_size`` measures with the real model and method on random inputs."""
+    """``--batch-size auto`` for this explainer: ``CPU_BATCH_SIZE`` off CUDA (no probing: a
+    CPU pays little for bigger batches), else the size ``find_batch_size`` measures with the
+    real model and method on random inputs."""
     loaded = explainer.loaded
     device = loaded.device
     if device.type != "cuda":
-        return CPU_BATCH
+        return CPU_BATCH_SIZE
     size = loaded.preprocess.crop_size
 
     def probe(n: int) -> None:

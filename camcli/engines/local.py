@@ -21,10 +21,11 @@ from typing import Any
 from camcli.config import RunConfig, Summary
 from camcli.engines.batch import BatchWork, Loaded, Plan, run_settings
 from camcli.errors import CamcliError
-from camcli.explain import Explainer, Target
+from camcli.explain import Explainer
 from camcli.outfolder import Key, OutputFolder, Record
 from camcli.signals import interrupts_ignored, interrupts_raise
 from camcli.sources import Source
+from camcli.targets import Target
 
 Job = Future[list[Record]] | list[Record]
 

@@ -28,21 +28,22 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
-from camcli.config import RunConfig, Summary
+from camcli.config import DEFAULT_MODEL, ExplainSpec, ModelSpec, RunConfig, Summary
 from camcli.engines.batch import BatchWork, Loaded, load
 from camcli.errors import CamcliError, UsageError, install_extra
-from camcli.explain import Explainer, Target, parse_targets
+from camcli.explain import Explainer, parse_targets
 from camcli.images import Box, Preprocess, model_view, to_rgb
 from camcli.machine_output import json_line
 from camcli.outfolder import OutputFolder, Record
 from camcli.signals import interrupts_deferred, interrupts_ignored
 from camcli.sources import Source
+from camcli.targets import Target
 from camcli.writers import encode_image
 
 __all__ = ["INSTALL", "ExplainBatch", "RayOptions", "import_ray", "run_on_ray"]
@@ -80,25 +81,27 @@ class RayOptions:
 
 @dataclass
 class ActorSetup:
-    """What each actor needs to build the model and the per-batch work the driver checked."""
+    """What each actor needs to build the model and the per-batch work the driver checked.
 
-    model: dict[str, Any]  # load_model's keyword arguments
-    explainer: dict[str, Any]  # Explainer's keyword arguments
+    ``model``'s head is the one the driver resolved (``camcli.targets.apply_head``), so that
+    every actor reads the model's output alike.
+    """
+
+    model: ModelSpec
+    explain: ExplainSpec
     targets: list[Target]
     config: RunConfig
     settings: dict[str, Any]
     name_layers: bool = False
     temp_dir: Path | None = None
-    head: str = "auto"  # the head the driver resolved (camcli.targets.apply_head)
-    warnings: list[str] = field(default_factory=list)
 
 
 def _build_work(setup: ActorSetup) -> BatchWork:
     from camcli.models import load_model
     from camcli.targets import apply_head
 
-    loaded = apply_head(load_model(**setup.model, progress=False), setup.head)
-    explainer = Explainer(loaded, **setup.explainer)
+    loaded = apply_head(load_model(setup.model, progress=False), setup.model.head)
+    explainer = Explainer(loaded, setup.explain)
     return BatchWork(explainer, setup.targets, setup.config, setup.settings,
                      name_layers=setup.name_layers, temp_dir=setup.temp_dir)  # fmt: skip
 
@@ -359,7 +362,7 @@ def _records(
             fn_kwargs={
                 "preprocess": work.explainer.loaded.preprocess,
                 "keep_image": work.keep_image,
-                "max_pixels": setup.config.max_pixels,
+                "max_pixels": work.max_pixels,
             },
         )
         .map_batches(
@@ -395,12 +398,14 @@ class ExplainBatch:
     out (nothing is written). Each actor builds the model once::
 
         import ray
+        from camcli.config import ExplainSpec, ModelSpec
         from camcli.engines.ray import ExplainBatch
 
         ds = ray.data.read_images("s3://bucket/photos", include_paths=True, mode="RGB")
         maps = ds.map_batches(
             ExplainBatch,
-            fn_constructor_kwargs={"model": "resnet50", "targets": ["top1"], "overlay": "jpg"},
+            fn_constructor_kwargs={"model": ModelSpec("resnet50"),
+                                   "explain": ExplainSpec(targets=("top1",)), "overlay": "jpg"},
             compute=ray.data.ActorPoolStrategy(size=4),
             num_gpus=1,  # per actor, on a GPU cluster
             batch_size=32,
@@ -415,50 +420,34 @@ class ExplainBatch:
     "png"), ``overlay`` (T,) the encoded heatmaps over the image at its own size; and
     ``error``: "" or why the row's outputs cannot be trusted (its map is then zeros).
 
-    The other arguments are ``camcli run``'s options (``load_model`` and ``Explainer``).
-    CAM needs gradients: the model runs with autograd on, never under
-    ``torch.inference_mode()``.
+    ``model`` is a ModelSpec and ``explain`` an ExplainSpec (``camcli run``'s options), or
+    ``model`` a name with the fields of both as keywords (``{"model": "resnet50", "targets":
+    ["top1"]}``). The images arrive decoded and the output is read as the model's own, so the
+    model spec's ``max_pixels`` and ``head`` do not apply. CAM needs gradients: the model runs
+    with autograd on, never under ``torch.inference_mode()``.
     """
 
     def __init__(
         self,
-        model: str = "resnet50",
+        model: str | ModelSpec = DEFAULT_MODEL,
+        explain: ExplainSpec | None = None,
         *,
-        weights: str | None = "DEFAULT",
-        checkpoint: str | os.PathLike[str] | None = None,
-        num_classes: int | None = None,
-        labels: str | os.PathLike[str] | None = None,
-        device: str = "auto",
-        input_size: int | None = None,
-        fit: str = "crop",
-        method: str = "gradcam",
-        layers: Sequence[str] = (),
-        targets: Sequence[str] = ("top1",),
-        top_k: int | None = None,
-        precision: str = "fp32",
-        aug_smooth: bool = False,
-        eigen_smooth: bool = False,
-        chunk_size: int = 32,
         overlay: str | None = None,
         alpha: float = 0.5,
         colormap: str = "jet",
+        **options: Any,
     ) -> None:
         from camcli.models import load_model
         from camcli.render import colormap_lut
 
+        model_spec, explain_spec = _specs(model, explain, options)
         if overlay not in (None, "jpg", "png"):
             raise UsageError(f"overlay {overlay!r}: use jpg, png or None")
         colormap_lut(colormap)
-        self.loaded = load_model(
-            model, weights=weights, checkpoint=checkpoint, num_classes=num_classes,
-            labels=labels, device=device, input_size=input_size, fit=fit, progress=False,
-        )  # fmt: skip
-        self.explainer = Explainer(
-            self.loaded, method=method, layers=list(layers), aug_smooth=aug_smooth,
-            eigen_smooth=eigen_smooth, chunk_size=chunk_size, precision=precision,
-        )  # fmt: skip
-        self.targets = parse_targets(list(targets), top_k, self.loaded.labels,
-                                     self.loaded.num_classes)  # fmt: skip
+        self.loaded = load_model(model_spec, progress=False)
+        self.explainer = Explainer(self.loaded, explain_spec)
+        self.targets = parse_targets(explain_spec.targets, explain_spec.top_k,
+                                     self.loaded.labels, self.loaded.num_classes)  # fmt: skip
         self.overlay = overlay
         self.alpha = alpha
         self.colormap = colormap
@@ -499,3 +488,23 @@ class ExplainBatch:
             ]
             out["overlay"] = np.asarray(encoded, dtype=object)
         return out
+
+
+def _specs(
+    model: str | ModelSpec, explain: ExplainSpec | None, options: Mapping[str, Any]
+) -> tuple[ModelSpec, ExplainSpec]:
+    """``ExplainBatch``'s model and explain specs: those given, or built from the keywords
+    (each to the spec that has a field of its name)."""
+    model_fields = {f.name for f in fields(ModelSpec)}
+    explain_fields = {f.name for f in fields(ExplainSpec)}
+    for name in options:
+        if name not in model_fields | explain_fields:
+            raise TypeError(f"ExplainBatch got an unexpected keyword argument {name!r}")
+    for_model = {k: v for k, v in options.items() if k in model_fields}
+    for_explain = {k: v for k, v in options.items() if k in explain_fields}
+    if isinstance(model, ModelSpec) and for_model:
+        raise TypeError("ExplainBatch: a ModelSpec or its fields as keywords, not both")
+    if explain is not None and for_explain:
+        raise TypeError("ExplainBatch: an ExplainSpec or its fields as keywords, not both")
+    model_spec = model if isinstance(model, ModelSpec) else ModelSpec(model=model, **for_model)
+    return model_spec, explain or ExplainSpec(**for_explain)
