@@ -11,7 +11,7 @@ from PIL import Image
 
 from camcli.config import DEFAULT_METHOD, ExplainSpec, ModelSpec
 from camcli.errors import UsageError
-from camcli.explain import Explainer, Explanation, parse_targets, to_model_input
+from camcli.explain import Explanation, explain, to_model_input
 from camcli.images import Box, load_image, model_view, to_rgb
 from camcli.models import LoadedModel, load_model
 
@@ -90,7 +90,5 @@ def explain_images(
         raise UsageError("no images to explain")
     pictures = [_rgb(image, i) for i, image in enumerate(items)]
     views, boxes = zip(*(model_view(p, loaded.preprocess) for p in pictures), strict=True)
-    explainer = Explainer(loaded, how)
-    parsed = parse_targets(how.targets, how.top_k, loaded.labels, loaded.num_classes)
-    explanation = explainer.explain(to_model_input(np.stack(views), loaded), parsed)
+    explanation = explain(loaded, to_model_input(np.stack(views), loaded), how)
     return ExplainedImages(explanation, [np.asarray(p) for p in pictures], list(boxes))
