@@ -90,9 +90,10 @@ def test_run_mirrors_the_tree_and_writes_overlays_npy_and_manifest(
 
 
 def test_npy_is_exactly_the_engine_map(tiny_checkpoint, tiny_model, shapes_dir, tmp_path):
-    from camcli.explain import Explainer, Target, to_model_input
+    from camcli.explain import Explainer, to_model_input
     from camcli.images import load_image, model_view
     from camcli.models import load_model
+    from camcli.targets import Target
 
     folder, _ = shapes_dir
     image = folder / "b" / "img00.png"

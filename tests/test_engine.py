@@ -8,9 +8,10 @@ from torchvision.models import get_model
 
 import synthetic
 from camcli.errors import UsageError
-from camcli.explain import Explainer, Target, parse_targets
+from camcli.explain import Explainer, parse_targets
 from camcli.images import Preprocess
 from camcli.models import LoadedModel
+from camcli.targets import Target
 
 CPU = torch.device("cpu")
 

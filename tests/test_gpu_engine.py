@@ -25,10 +25,11 @@ from camcli.config import RunConfig
 from camcli.engines.batchsize import AUTO, auto_batch_size, parse_batch_size
 from camcli.engines.local import Pipeline
 from camcli.errors import UsageError
-from camcli.explain import Explainer, Target
+from camcli.explain import Explainer
 from camcli.models import load_model
 from camcli.sources import collect_sources
 from camcli.stages.tensor_path import ENV, TensorStages, tensor_stages
+from camcli.targets import Target
 from conftest import ROOT, SAMPLES, tiny_args
 
 

@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 import synthetic
 from camcli.cli import app
 from camcli.errors import UsageError
-from camcli.explain import Explainer, Target
+from camcli.explain import Explainer
 from camcli.images import Preprocess
 from camcli.models import LoadedModel, fold_batchnorms, load_model, use_channels_last
+from camcli.targets import Target
 from conftest import tiny_args
 
 

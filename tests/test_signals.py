@@ -17,11 +17,12 @@ import synthetic
 from camcli.cli import app
 from camcli.config import RunConfig
 from camcli.engines.local import Pipeline
-from camcli.explain import Explainer, Target
+from camcli.explain import Explainer
 from camcli.models import load_model
 from camcli.outfolder import MANIFEST
 from camcli.signals import Interrupted, interrupts_deferred
 from camcli.sources import collect_sources
+from camcli.targets import Target
 from conftest import ROOT, tiny_args
 
 
