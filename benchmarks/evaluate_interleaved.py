@@ -52,7 +52,8 @@ def worker(name: str, model: str, n: int, chunk: int) -> dict[str, float]:
     loaded = load_model(model, weights="none", device="cpu", progress=False)
     views = np.random.default_rng(0).integers(0, 256, (n, 224, 224, 3), dtype=np.uint8)
     if name == "camcli":
-        from camcli.evaluate.runner import Item, MethodResult, Settings, faithfulness
+        from camcli.config import ExplainSpec
+        from camcli.evaluate.measure import Item, MethodResult, Settings, faithfulness
         from camcli.explain import Explainer
         from camcli.images import Box
         from camcli.sources import Source
@@ -67,7 +68,12 @@ def worker(name: str, model: str, n: int, chunk: int) -> dict[str, float]:
             for i in range(n)
         ]
         explainer = Explainer(loaded, "gradcam", chunk_size=chunk)
-        settings = Settings(families=("deletion",), steps=STEPS, batch_size=n, chunk_size=chunk)
+        settings = Settings(
+            families=("deletion",),
+            steps=STEPS,
+            batch_size=n,
+            explain=ExplainSpec(chunk_size=chunk),
+        )
         result = MethodResult("gradcam", explainer.layer_names)
 
         def run() -> float:

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 import synthetic
 from camcli.cli import app
-from camcli.evaluate.runner import Settings, evaluate_methods, load_items
+from camcli.evaluate.measure import Settings, evaluate_methods, load_items
 from camcli.explain import Explainer, Target
 from camcli.images import Preprocess
 from camcli.methods.base import CamContext
@@ -137,7 +137,7 @@ def test_deletion_scores_the_shared_baseline_once(explained):
 
 def test_evaluate_reuses_the_explain_pass_probabilities(tiny_model):
     """The curves' unperturbed end is the explain pass's softmax, equal to a scoring pass's."""
-    from camcli.evaluate.runner import _explain
+    from camcli.evaluate.measure import _explain
 
     explainer = Explainer(tiny_loaded(tiny_model), "gradcam")
     images, _, _ = synthetic.dataset(N_IMAGES, seed=11)
@@ -390,6 +390,18 @@ def test_cli_refuses_json_with_csv_and_an_unknown_method(tiny_checkpoint, shape_
     unknown = invoke("evaluate", shape_folder, *tiny_args(tiny_checkpoint), "--method", "gradcan")
     assert unknown.exit_code == 2 and "did you mean gradcam" in unknown.stderr
     assert unknown.stdout == ""
+
+
+def test_cli_refuses_two_targets_and_a_bad_batch_size(tiny_checkpoint, shape_folder):
+    """evaluate explains one class per image; --batch-size takes a number or auto, as in run."""
+    args = [shape_folder, *tiny_args(tiny_checkpoint)]
+    two = invoke("evaluate", *args, "--target", "top1", "--target", "0")
+    assert two.exit_code == 2
+    assert two.stderr == "error: evaluate explains one target: give --target once\n"
+    assert two.stdout == ""
+    zero = invoke("evaluate", *args, "--batch-size", "0")
+    assert zero.exit_code == 2 and zero.stdout == ""
+    assert zero.stderr.startswith("error: --batch-size '0'")
 
 
 NOT_FINITE = "the model's output is not finite (NaN or inf in the logits)"

@@ -279,7 +279,7 @@ def test_every_command_maps_errors_in_one_place(monkeypatch: pytest.MonkeyPatch,
         raise ValueError("boom")
 
     monkeypatch.setattr(camcli.check, "run_check", bug)
-    monkeypatch.setattr(camcli.evaluate, "run_evaluate", bug)
+    monkeypatch.setattr(camcli.evaluate, "prepare", bug)
     spec = tmp_path / "spec.toml"
     spec.write_text("")
     for args in (["check", str(spec)], ["evaluate", str(tmp_path)]):

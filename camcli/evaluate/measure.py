@@ -8,15 +8,17 @@ kept as the model sees them; each method then explains them in batches with its 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from camcli.config import CPU_BATCH_SIZE, ExplainSpec
+from camcli.engines.batchsize import AUTO, auto_batch_size
 from camcli.errors import InputError, UsageError
-from camcli.explain import Explainer, Target, to_model_input
+from camcli.explain import Explainer, to_model_input
 from camcli.images import Box, load_image, model_view
 from camcli.metrics.confidence import confidence_change
 from camcli.metrics.deletion import deletion_insertion
@@ -26,7 +28,7 @@ from camcli.metrics.sanity import SANITY_THRESHOLD, STAGES, Stage, cascade, rand
 from camcli.metrics.scoring import Scorer, at_input_size
 from camcli.models import LoadedModel
 from camcli.sources import Source
-from camcli.targets import output_problems
+from camcli.targets import Target, output_problems
 
 #: Metric families (``--metric``) and the metrics each gives, in table order.
 FAMILIES: dict[str, tuple[str, ...]] = {
@@ -56,7 +58,14 @@ Boxes = Sequence[tuple[float, float, float, float]]
 
 @dataclass(frozen=True)
 class Settings:
-    """What the metrics are computed with (recorded in the JSON output)."""
+    """What the metrics are computed with (recorded in the JSON output).
+
+    ``batch_size``: images explained at once, ``AUTO`` (0) for ``--batch-size auto``
+    (``evaluate_methods`` measures it); ``explain``: what every method shares (layers,
+    precision, ``chunk_size``, which is also the perturbed inputs per forward pass), each
+    method explained with ``replace(explain, method=...)``; ``target``: the class explained,
+    ``explain.targets`` parsed against the model's labels.
+    """
 
     families: tuple[str, ...] = tuple(FAMILIES)
     steps: int = 20
@@ -64,10 +73,8 @@ class Settings:
     noise: float = NOISE
     stages: int = STAGES
     seed: int = 0
-    batch_size: int = 16
-    chunk_size: int = 32
-    precision: str = "fp32"
-    layers: tuple[str, ...] = ()
+    batch_size: int = CPU_BATCH_SIZE
+    explain: ExplainSpec = field(default_factory=ExplainSpec)
     target: Target = field(default_factory=lambda: Target(rank=1))
 
 
@@ -210,7 +217,7 @@ def faithfulness(
     advance: Callable[[int], None] | None,
 ) -> list[np.ndarray]:
     """Every metric but the sanity check; returns the trained model's raw maps per batch."""
-    scorer = Scorer(explainer, settings.chunk_size, passes)
+    scorer = Scorer(explainer, settings.explain.chunk_size, passes)
     families = settings.families
     values = result.values
     for family in families:
@@ -274,13 +281,8 @@ def _sanity(
     for s, stage in enumerate(stages):
         copy = randomised(loaded, stage, settings.seed)
         for method in methods:
-            explainer = Explainer(
-                copy,
-                method=method,
-                layers=results[method].layers,
-                chunk_size=settings.chunk_size,
-                precision=settings.precision,
-            )
+            spec = replace(settings.explain, method=method, layers=results[method].layers)
+            explainer = Explainer(copy, spec)
             for b, (start, batch) in enumerate(_batches(items, settings.batch_size)):
                 maps = _explain(explainer, batch, settings.target)[1].cpu().numpy()
                 for k, (before, after) in enumerate(zip(trained[method][b], maps, strict=True)):
@@ -339,23 +341,21 @@ def evaluate_methods(
     joins ``errors`` (those of ``load_items``) and ``on_error`` hears of it; the metrics are
     over the other images, and with none left every metric is over no image. ``passes`` hears
     the forward passes run on perturbed inputs; ``advance`` first gets minus the number of
-    (method, image, phase) steps in all, then the steps done as they finish.
+    (method, image, phase) steps in all, then the steps done as they finish. A batch size of
+    ``AUTO`` is measured with the first method (``auto_batch_size``: on the CPU
+    ``CPU_BATCH_SIZE``) and recorded in the result's settings.
     """
     if not items:
         raise UsageError("no image could be read; nothing to evaluate")
     explainers = {
-        method: Explainer(
-            loaded,
-            method=method,
-            layers=settings.layers or None,
-            chunk_size=settings.chunk_size,
-            precision=settings.precision,
-        )
+        method: Explainer(loaded, replace(settings.explain, method=method))
         for method in dict.fromkeys(methods)
     }
     first = next(iter(explainers.values()))
-    items, untrusted = screen(Scorer(first, settings.chunk_size, passes), items,
-                              settings.batch_size, on_error)  # fmt: skip
+    if settings.batch_size == AUTO:
+        settings = replace(settings, batch_size=auto_batch_size(first, [settings.target]))
+    scorer = Scorer(first, settings.explain.chunk_size, passes)
+    items, untrusted = screen(scorer, items, settings.batch_size, on_error)
     results = {m: MethodResult(m, e.layer_names) for m, e in explainers.items()}
     if advance is not None:
         stages = len(cascade(loaded.model, settings.stages)) if "sanity" in settings.families else 0

@@ -1,15 +1,15 @@
-"""An Evaluation -> the table (one row per method), the JSON object, the CSV text."""
+"""An Evaluation -> the object of its results: per method each metric's mean, 95% interval,
+per-image values and why a number is missing; the mean curves; the settings; the sanity
+stages; the images that could not be evaluated. ``camcli evaluate`` prints it (``--json``),
+lays it out as a table or CSV rows, and the HTML page (``camcli.report.evaluation``) reads it.
+"""
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from typing import Any
 
-from rich.table import Table
-
-from camcli.evaluate.runner import FAMILIES, HIGHER_IS_BETTER, Evaluation, MethodResult
+from camcli.evaluate.measure import FAMILIES, Evaluation, MethodResult
 from camcli.machine_output import NOT_FINITE
 from camcli.metrics.sanity import SANITY_THRESHOLD
 from camcli.metrics.stats import interval
@@ -52,9 +52,10 @@ def summaries(evaluation: Evaluation, result: MethodResult) -> dict[str, dict[st
     return {name: _summary(result.values[name], images, seed) for name in metric_names(evaluation)}
 
 
-def report_json(evaluation: Evaluation) -> dict[str, Any]:
-    """The ``--json`` object: model, images, per method its metrics and mean curves; then the
-    settings, the sanity stages and the images that could not be read."""
+def results_dict(evaluation: Evaluation) -> dict[str, Any]:
+    """The ``--json`` object: model, images, per method its metrics (``summaries``, in
+    ``metric_names`` order) and mean curves; then the settings, the sanity stages and the
+    images that could not be evaluated."""
     s = evaluation.settings
     methods = {
         result.name: {"metrics": summaries(evaluation, result), "curves": result.curves}
@@ -81,58 +82,10 @@ def report_json(evaluation: Evaluation) -> dict[str, Any]:
             "sanity_threshold": SANITY_THRESHOLD,
             "seed": s.seed,
             "batch_size": s.batch_size,
-            "chunk_size": s.chunk_size,
-            "precision": s.precision,
+            "chunk_size": s.explain.chunk_size,
+            "precision": s.explain.precision,
             "layers": {result.name: result.layers for result in evaluation.results},
         },
         "sanity": sanity,
         "errors": [{"input": path, "error": message} for path, message in evaluation.errors],
     }
-
-
-def _cell(summary: dict[str, Any]) -> str:
-    if summary["mean"] is None:
-        return "n/a"
-    return f"{summary['mean']:.3f} [{summary['low']:.3f}, {summary['high']:.3f}]"
-
-
-def table(evaluation: Evaluation) -> Table:
-    """One row per method: each metric's mean and [95% interval]; arrows say which way is
-    better; the sanity column says pass or fail."""
-    names = metric_names(evaluation)
-    count = len(evaluation.items)
-    grid = Table(
-        title=f"{evaluation.model}: {count} image{'s' * (count != 1)}, mean [95% interval]",
-        box=None,
-    )
-    grid.add_column("method", overflow="fold")
-    for name in names:
-        arrow = "↑" if HIGHER_IS_BETTER[name] else "↓"
-        grid.add_column(f"{name} {arrow}", justify="right", overflow="fold")
-    if "sanity_rho" in names:
-        grid.add_column("sanity")
-    for result in evaluation.results:
-        found = summaries(evaluation, result)
-        row = [result.name, *(_cell(found[name]) for name in names)]
-        if "sanity_rho" in names:
-            row.append({True: "pass", False: "FAIL", None: "-"}[result.sane])
-        grid.add_row(*row)
-    return grid
-
-
-def report_csv(evaluation: Evaluation) -> str:
-    """One row per method: ``method`` then ``<metric>_mean, _low, _high`` for each metric."""
-    names = metric_names(evaluation)
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["method", *(f"{n}_{part}" for n in names for part in ("mean", "low", "high"))])
-    for result in evaluation.results:
-        found = summaries(evaluation, result)
-        cells = []
-        for name in names:
-            cells += [
-                "" if found[name][p] is None else repr(found[name][p])
-                for p in ("mean", "low", "high")
-            ]
-        writer.writerow([result.name, *cells])
-    return out.getvalue()
