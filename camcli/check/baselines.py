@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from rich.console import Console
-from rich.markup import escape
 
 from camcli.check.results import CaseResult, Outcome, compared
+from camcli.check.spec import CaseSpec
 from camcli.metrics.maps import map_similarity
 from camcli.writers import encode_npy, write_atomic
 
@@ -48,18 +47,18 @@ def compare_baseline(result: CaseResult, size: int) -> None:
         result.outcomes.append(compared(name, value, low, label=label))
 
 
-def write_baselines(results: list[CaseResult], console: Console, size: int) -> None:
-    """Write each case's map as its new baseline (float32 .npy, atomically); say what changed.
+def write_baselines(results: list[CaseResult], size: int) -> list[CaseSpec]:
+    """Write each case's map as its new baseline (float32 .npy, atomically); what changed is
+    each result's ``baseline_update`` (``baseline_line`` says it in words).
 
     Runs only after every map is computed, and writes nothing when any baseline case could
-    not be computed, so the set on disk always comes from one model. ``size`` is the grid
-    the similarity to the old baseline is measured on (the model's input size).
+    not be computed, so the set on disk always comes from one model: returns those cases
+    (empty when the baselines were written). ``size`` is the grid the similarity to the old
+    baseline is measured on (the model's input size).
     """
     missing = [r.case for r in results if r.case.baseline is not None and r.cam is None]
     if missing:
-        names = ", ".join(repr(c.name) for c in missing)
-        console.print(f"[bold red]not updating any baseline:[/] no map for {escape(names)}")
-        return
+        return missing
     for result in results:
         case = result.case
         if case.baseline is None or result.cam is None:
@@ -94,13 +93,16 @@ def write_baselines(results: list[CaseResult], console: Console, size: int) -> N
         if status["status"] != "unchanged":
             write_atomic(case.baseline, encode_npy(cam))
         result.baseline_update = status
-        detail = ""
-        if "pearson" in status:
-            detail = f" (vs the old one: r {status['pearson']:.3f}, IoU {status['iou']:.3f})"
-        elif "old_unreadable" in status:
-            detail = " (the old one could not be read)"
-        elif "old_shape" in status:
-            detail = f" (the old one was {'x'.join(map(str, status['old_shape']))})"
-        console.print(
-            f"{status['status']:>9}  {escape(str(case.baseline))}{detail}", highlight=False
-        )
+    return []
+
+
+def baseline_line(update: dict[str, Any]) -> str:
+    """A ``baseline_update`` in words: ``  changed  PATH (vs the old one: r 0.912, IoU 0.700)``."""
+    detail = ""
+    if "pearson" in update:
+        detail = f" (vs the old one: r {update['pearson']:.3f}, IoU {update['iou']:.3f})"
+    elif "old_unreadable" in update:
+        detail = " (the old one could not be read)"
+    elif "old_shape" in update:
+        detail = f" (the old one was {'x'.join(map(str, update['old_shape']))})"
+    return f"{update['status']:>9}  {update['path']}{detail}"

@@ -13,10 +13,10 @@ from camcli.check.faithfulness import measure_faithfulness, outcome_names
 from camcli.check.results import CaseResult, Outcome, class_info
 from camcli.check.spec import CheckSpec
 from camcli.errors import InputError
-from camcli.explain import Explainer, Target, to_model_input
+from camcli.explain import Explainer, to_model_input
 from camcli.images import load_image, model_view
 from camcli.models import LoadedModel
-from camcli.targets import output_problems, scores_equal
+from camcli.targets import Target, output_problems, scores_equal
 
 
 def _fail_case(result: CaseResult, reason: str, update_baselines: bool) -> None:
@@ -42,7 +42,7 @@ def _fail_case(result: CaseResult, reason: str, update_baselines: bool) -> None:
         )
 
 
-def evaluate(
+def run_cases(
     spec: CheckSpec, loaded: LoadedModel, explainer: Explainer, *, update_baselines: bool = False
 ) -> list[CaseResult]:
     """Explain every case's image (in batches) and measure its expectations, in spec order.
@@ -51,7 +51,7 @@ def evaluate(
     distinct explained class, so each image's map is computed once, for its own class.
     """
     results = [CaseResult(case) for case in spec.cases]
-    size = spec.model.batch_size
+    size = spec.batch_size
     for start in range(0, len(results), size):
         began = time.perf_counter()
         chunk = results[start : start + size]

@@ -1,49 +1,17 @@
-"""A Report -> the table and summary line on stderr, the ``--json`` object, JUnit XML; and
-whether the report paths can be written at all, checked before the run."""
+"""A CheckReport as data and text: its summary lines, its ``--json`` object, its JUnit suite.
+
+Nothing here prints or writes: the command shows and writes them (``camcli.cli.check``).
+"""
 
 from __future__ import annotations
 
-import os
-import socket
-import tempfile
-import xml.etree.ElementTree as ET
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
-from rich.table import Table
-
-from camcli.check.results import Outcome, Report, named
+from camcli.check.results import CheckReport, Outcome, named
 from camcli.errors import EXIT_OK
+from camcli.machine_output import JUnitCase, JUnitSuite
 from camcli.writers import slug
-
-
-def unwritable_reason(path: Path, *, folder: bool) -> str | None:
-    """Why ``path`` (a file to write, or with ``folder`` a folder to fill) cannot be written;
-    None when it can.
-
-    Nothing is left behind: the nearest part of ``path`` that exists must be a folder in
-    which a file can be created (a probe file is created there and removed at once). That
-    is the only test that holds for root too, who passes every permission check but still
-    cannot write below a regular file, on a read-only file system or in ``/proc``.
-    """
-    if folder and path.exists() and not path.is_dir():
-        return "exists and is not a directory"
-    if not folder and path.is_dir():
-        return "is a directory; give a file name such as report.xml"
-    existing = path if folder else path.parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"cannot be written: {existing} is not a directory"
-    try:
-        handle, probe = tempfile.mkstemp(prefix=".camcli-probe.", dir=existing)
-    except OSError as exc:
-        return f"cannot be written: cannot create a file in {existing} ({exc.strerror or exc})"
-    os.close(handle)
-    os.unlink(probe)
-    return None
 
 
 def _outcome_json(outcome: Outcome) -> dict[str, Any]:
@@ -57,7 +25,8 @@ def _outcome_json(outcome: Outcome) -> dict[str, Any]:
     }
 
 
-def report_json(report: Report) -> dict[str, Any]:
+def report_data(report: CheckReport) -> dict[str, Any]:
+    """The ``--json`` object of a run (plain data, for ``camcli.machine_output.json_text``)."""
     outcomes = report.outcomes
     failed_cases = [r for r in report.results if not r.passed]
     cases = []
@@ -106,57 +75,31 @@ def report_json(report: Report) -> dict[str, Any]:
     return body
 
 
-def junit_xml(report: Report) -> bytes:
-    """One ``<testcase>`` per expectation (``classname`` = the spec, ``name`` = ``case: what``);
-    a failed one holds ``<failure message="...measured ..., expected ...">``."""
-    outcomes = report.outcomes
-    failures = sum(not o.passed and not o.error for o in outcomes)
-    errors = sum(o.error for o in outcomes)
-    spec_name = str(report.spec.path)
-    common = {
-        "tests": str(len(outcomes)),
-        "failures": str(failures),
-        "errors": str(errors),
-        "time": f"{report.seconds:.3f}",
-    }
-    root = ET.Element("testsuites", {"name": "camcli check", **common})
-    suite = ET.SubElement(
-        root,
-        "testsuite",
-        {
-            "name": spec_name,
-            **common,
-            "skipped": "0",
-            "timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
-            "hostname": socket.gethostname(),
+def junit_suite(report: CheckReport) -> JUnitSuite:
+    """One test case per expectation (``classname`` = the spec, ``name`` = ``case: what``); a
+    failed one carries ``message`` = ``...measured ..., expected ...`` and the case's detail."""
+    spec_path = str(report.spec.path)
+    suite = JUnitSuite(
+        name=spec_path,
+        seconds=report.seconds,
+        properties={
+            "model": report.loaded.name,
+            "method": report.explainer.method_name,
+            "layers": "+".join(report.explainer.layer_names),
+            "input_size": str(report.loaded.preprocess.crop_size),
         },
     )
-    properties = ET.SubElement(suite, "properties")
-    for key, value in (
-        ("model", report.loaded.name),
-        ("method", report.explainer.method_name),
-        ("layers", "+".join(report.explainer.layer_names)),
-        ("input_size", str(report.loaded.preprocess.crop_size)),
-    ):
-        ET.SubElement(properties, "property", {"name": key, "value": value})
     classname = "camcli." + slug(report.spec.path.stem, "spec")
     for result in report.results:
         case = result.case
         share = result.seconds / max(1, len(result.outcomes))
         for outcome in result.outcomes:
-            element = ET.SubElement(
-                suite,
-                "testcase",
-                {
-                    "classname": classname,
-                    "name": f"{case.name}: {outcome.expectation}",
-                    "file": str(report.spec.path),
-                    "time": f"{share:.3f}",
-                },
+            junit_case = JUnitCase(
+                classname, f"{case.name}: {outcome.expectation}", spec_path, share
             )
+            suite.cases.append(junit_case)
             if outcome.passed:
                 continue
-            kind = "error" if outcome.error else "failure"
             detail = [
                 f"spec: {report.spec.path}, {case.label}",
                 f"image: {case.image}",
@@ -167,38 +110,10 @@ def junit_xml(report: Report) -> bytes:
             if result.prediction:
                 detail.append(f"top-1: {named(result.prediction)}")
             detail += [f"overlay: {f}" for f in result.failure_files]
-            failure = ET.SubElement(
-                element, kind, {"message": outcome.message(), "type": f"camcli.{kind}"}
-            )
-            failure.text = "\n".join(detail)
-    ET.indent(root)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
-
-
-def table(report: Report) -> Table:
-    """The stderr table: one row per expectation, the case named on its first row."""
-    grid = Table(
-        box=None, title=f"camcli check {escape(str(report.spec.path))}", title_justify="left"
-    )
-    for column in ("case", "expectation", "measured", "threshold", "result"):
-        grid.add_column(column, overflow="fold")
-    for result in report.results:
-        first = True
-        for outcome in result.outcomes:
-            verdict = (
-                "[green]pass[/]"
-                if outcome.passed
-                else ("[bold red]ERROR[/]" if outcome.error else "[bold red]FAIL[/]")
-            )
-            grid.add_row(
-                escape(result.case.name) if first else "",
-                outcome.expectation,
-                escape(outcome.measured_text),
-                escape(outcome.threshold_text),
-                verdict,
-            )
-            first = False
-    return grid
+            junit_case.failure = outcome.message()
+            junit_case.error = outcome.error
+            junit_case.detail = "\n".join(detail)
+    return suite
 
 
 def _model_label(name: str) -> str:
@@ -207,7 +122,7 @@ def _model_label(name: str) -> str:
     return f"{Path(where).name}:{attr}" if where.endswith(".py") else name
 
 
-def failures_line(report: Report) -> str:
+def failures_line(report: CheckReport) -> str:
     """Where ``--save-failures`` wrote, and how many pictures."""
     n = len(report.failure_files)
     if report.exit_code == EXIT_OK:
@@ -215,7 +130,7 @@ def failures_line(report: Report) -> str:
     return f"saved {n} failure picture{'' if n == 1 else 's'} to {report.failure_folder}"
 
 
-def summary_line(report: Report) -> str:
+def summary_line(report: CheckReport) -> str:
     outcomes = report.outcomes
     failed = [r for r in report.results if not r.passed]
     passed = sum(o.passed for o in outcomes)

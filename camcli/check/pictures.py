@@ -40,9 +40,11 @@ def case_picture(image: np.ndarray, cam: np.ndarray, view_box: Box, case: CaseSp
     return _draw_boxes(overlay(image, cam, view_box), case, peak)
 
 
-def save_failures(results: list[CaseResult], folder: Path) -> None:
-    """For each failing case, its overlay (boxes in green, the peak as a cross); with a failed
-    baseline expectation, the baseline's overlay too (``...baseline.png``)."""
+def write_failure_pictures(results: list[CaseResult], folder: Path) -> None:
+    """For each failing case, its overlay (boxes in green, the peak as a cross) in ``folder``
+    (made when missing); with a failed baseline expectation, the baseline's overlay too
+    (``...baseline.png``). Each result's ``failure_files`` lists what was written."""
+    folder.mkdir(parents=True, exist_ok=True)
     for result in results:
         if result.passed or result.cam is None or result.view_box is None:
             continue

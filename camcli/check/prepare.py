@@ -12,11 +12,11 @@ from pathlib import Path
 
 from camcli.check.spec import CheckSpec, SpecError, parse_spec
 from camcli.errors import CamcliError, UsageError
-from camcli.explain import Explainer, Target, parse_targets
+from camcli.explain import Explainer, parse_targets
 from camcli.layers import resolve_layer
 from camcli.models import LoadedModel, load_model, read_labels
 from camcli.startup import resume_gc
-from camcli.targets import apply_head
+from camcli.targets import Target, apply_head
 
 
 def _resolve_classes(
@@ -64,26 +64,16 @@ def _resolve_classes(
 
 
 def _load(spec: CheckSpec, progress: bool, problems: list[str]) -> LoadedModel | None:
-    m = spec.model
     try:
-        loaded = load_model(
-            m.model,
-            weights=m.weights,
-            checkpoint=m.checkpoint,
-            num_classes=m.num_classes,
-            labels=m.labels,
-            device=m.device,
-            input_size=m.input_size,
-            fit=m.fit,
-            progress=progress,
-        )
+        loaded = load_model(spec.model, progress=progress)
     except CamcliError as exc:
         problems.append(f"{spec.path}: [model]: {exc.message}")
         return None
     if loaded.head == "detection":
         problems.append(
-            f"{spec.path}: [model]: {m.model} is a detector; camcli check measures one class map "
-            "per image (classifiers, binary and multi-label heads, segmentation), not boxes"
+            f"{spec.path}: [model]: {spec.model.model} is a detector; camcli check measures one "
+            "class map per image (classifiers, binary and multi-label heads, segmentation), not "
+            "boxes"
         )
         return None
     return apply_head(loaded)
@@ -120,12 +110,12 @@ def prepare(
     explainer = None
     if loaded is not None and spec.explainable:
         try:
-            explainer = Explainer(loaded, method=spec.model.method, layers=spec.model.layers)
+            explainer = Explainer(loaded, spec.explain)
         except CamcliError as exc:
             problems.append(f"{spec.path}: [model]: {exc.message}")
     elif loaded is not None and "layer" not in spec.bad_model_keys:
         # The method is wrong, but every layer name can still be looked up.
-        for name in spec.model.layers:
+        for name in spec.explain.layers:
             try:
                 resolve_layer(loaded.model, name)
             except UsageError as exc:

@@ -1,4 +1,5 @@
-"""What a check run produces: one Outcome per expectation, one CaseResult per case, a Report."""
+"""What a check run produces: one Outcome per expectation, one CaseResult per case, and the
+CheckReport of the whole run, which the command shows and writes."""
 
 from __future__ import annotations
 
@@ -78,7 +79,11 @@ class CaseResult:
 
 
 @dataclass
-class Report:
+class CheckReport:
+    """A check run: every case's result, and with ``updated_baselines`` what was written (each
+    result's ``baseline_update``; ``baselines_not_written``: the cases without a map, which
+    kept every baseline as it was)."""
+
     spec: CheckSpec
     loaded: LoadedModel
     explainer: Explainer
@@ -86,6 +91,7 @@ class Report:
     seconds: float
     updated_baselines: bool = False
     failure_folder: Path | None = None  # --save-failures, when given
+    baselines_not_written: list[CaseSpec] = field(default_factory=list)
 
     @property
     def failure_files(self) -> list[str]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from camcli.config import CPU_BATCH_SIZE, ExplainSpec, ModelSpec
 from camcli.errors import InputError, UsageError
 from camcli.images import load_image
 from camcli.methods import METHODS
@@ -74,23 +75,6 @@ class SpecError(UsageError):
         self.problems = problems
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """The ``[model]`` table: the same options as ``camcli run``."""
-
-    model: str = "resnet50"
-    weights: str = "DEFAULT"
-    checkpoint: Path | None = None
-    num_classes: int | None = None
-    labels: Path | None = None
-    method: str = "gradcam"
-    layers: tuple[str, ...] = ()
-    input_size: int | None = None
-    fit: str = "crop"
-    device: str = "auto"
-    batch_size: int = 16
-
-
 @dataclass
 class CaseSpec:
     """One ``[[case]]``: an image and what must hold for it.
@@ -116,7 +100,7 @@ class CaseSpec:
     min_similarity: float | None = None
     min_iou: float | None = None
     expect_index: int | None = None
-    target: Any = None  # camcli.explain.Target, resolved with the model
+    target: Any = None  # camcli.targets.Target, resolved with the model
     insertion_auc_min: float | None = None  # camcli.check.faithfulness
     deletion_auc_max: float | None = None
 
@@ -128,9 +112,14 @@ class CaseSpec:
 
 @dataclass
 class CheckSpec:
+    """A spec file: its ``[model]`` table as the model, the explanation and the batch size
+    (the same options as ``camcli run``), and its cases."""
+
     path: Path
     folder: Path
     model: ModelSpec
+    explain: ExplainSpec
+    batch_size: int = CPU_BATCH_SIZE
     cases: list[CaseSpec] = field(default_factory=list)
     bad_model_keys: frozenset[str] = frozenset()  # [model] keys with a problem (unknown ones too)
 
@@ -223,12 +212,15 @@ def _relative(folder: Path, text: str) -> Path:
     return path if path.is_absolute() else folder / path
 
 
-def _model_spec(reader: _Reader, table: Any, folder: Path) -> tuple[ModelSpec, frozenset[str]]:
-    """The ``[model]`` table's valid values, and the keys that have a problem."""
+def _model_spec(
+    reader: _Reader, table: Any, folder: Path
+) -> tuple[ModelSpec, ExplainSpec, int, frozenset[str]]:
+    """The ``[model]`` table's valid values (the model, the explanation, the batch size), and
+    the keys that have a problem."""
     where = "[model]"
     if not isinstance(table, dict):
         reader.problem(where, f"must be a table, got {_type_name(table)}")
-        return ModelSpec(), frozenset({"[model]"})
+        return ModelSpec(), ExplainSpec(), CPU_BATCH_SIZE, frozenset({"[model]"})
     reader.unknown_keys(where, table, MODEL_KEYS)
     bad = {key for key in table if key not in MODEL_KEYS}
     values: dict[str, Any] = {}
@@ -277,7 +269,9 @@ def _model_spec(reader: _Reader, table: Any, folder: Path) -> tuple[ModelSpec, f
             values["layers"] = tuple(names)
     taken = set(values) | ({"layer"} if "layers" in values else set())
     bad |= {key for key in table if key in MODEL_KEYS and key not in taken}
-    return ModelSpec(**values), frozenset(bad)
+    explain = ExplainSpec(**{key: values.pop(key) for key in ("method", "layers") if key in values})
+    batch_size = values.pop("batch_size", CPU_BATCH_SIZE)
+    return ModelSpec(**values), explain, batch_size, frozenset(bad)
 
 
 def _box(reader: _Reader, where: str, value: Any, key: str) -> tuple[float, ...] | None:
@@ -482,7 +476,7 @@ def parse_spec(path: Path, *, update_baselines: bool = False) -> tuple[CheckSpec
     folder = path.parent
     reader.unknown_keys("top level", data, TOP_KEYS)
 
-    model, bad_model_keys = _model_spec(reader, data.get("model", {}), folder)
+    model, explain, batch_size, bad_model_keys = _model_spec(reader, data.get("model", {}), folder)
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
         reader.problem("[defaults]", f"must be a table, got {_type_name(defaults)}")
@@ -527,7 +521,7 @@ def parse_spec(path: Path, *, update_baselines: bool = False) -> tuple[CheckSpec
             baselines.setdefault(key, case.index)
     if update_baselines and not reader.problems and not baselines:
         reader.problem("top level", "--update-baselines: no case names a baseline")
-    spec = CheckSpec(path, folder, model, cases, bad_model_keys)
+    spec = CheckSpec(path, folder, model, explain, batch_size, cases, bad_model_keys)
     return spec, reader.problems
 
 

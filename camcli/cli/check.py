@@ -1,14 +1,102 @@
-"""``camcli check``: a model against a spec's expectations, for CI."""
+"""``camcli check``: a model against a spec's expectations, for CI.
+
+The command checks that every output path can be written (exit 2 before anything runs), calls
+``camcli.check.run_check`` and shows its report: the baselines it wrote, the table of
+expectations and the summary on stderr; the ``--json`` object on stdout; the ``--junit`` XML,
+the ``--save-failures`` pictures and the ``--report`` page as files.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from camcli.cli import options as o
 from camcli.cli.edge import command_errors, go_offline
+from camcli.errors import EXIT_OK, UsageError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from camcli.check import CheckReport
+
+
+def unwritable_reason(path: Path, *, folder: bool) -> str | None:
+    """Why ``path`` (a file to write, or with ``folder`` a folder to fill) cannot be written;
+    None when it can.
+
+    Nothing is left behind: the nearest part of ``path`` that exists must be a folder in
+    which a file can be created (a probe file is created there and removed at once). That
+    is the only test that holds for root too, who passes every permission check but still
+    cannot write below a regular file, on a read-only file system or in ``/proc``.
+    """
+    if folder and path.exists() and not path.is_dir():
+        return "exists and is not a directory"
+    if not folder and path.is_dir():
+        return "is a directory; give a file name such as report.xml"
+    existing = path if folder else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot be written: {existing} is not a directory"
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".camcli-probe.", dir=existing)
+    except OSError as exc:
+        return f"cannot be written: cannot create a file in {existing} ({exc.strerror or exc})"
+    os.close(handle)
+    os.unlink(probe)
+    return None
+
+
+def _table(report: CheckReport) -> Table:
+    """The stderr table: one row per expectation, the case named on its first row."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    grid = Table(
+        box=None, title=f"camcli check {escape(str(report.spec.path))}", title_justify="left"
+    )
+    for column in ("case", "expectation", "measured", "threshold", "result"):
+        grid.add_column(column, overflow="fold")
+    for result in report.results:
+        first = True
+        for outcome in result.outcomes:
+            verdict = (
+                "[green]pass[/]"
+                if outcome.passed
+                else ("[bold red]ERROR[/]" if outcome.error else "[bold red]FAIL[/]")
+            )
+            grid.add_row(
+                escape(result.case.name) if first else "",
+                outcome.expectation,
+                escape(outcome.measured_text),
+                escape(outcome.threshold_text),
+                verdict,
+            )
+            first = False
+    return grid
+
+
+def _show_baselines(console: Console, report: CheckReport) -> None:
+    """What ``--update-baselines`` wrote, one line per baseline, or why it wrote none."""
+    from rich.markup import escape
+
+    from camcli.check.baselines import baseline_line
+
+    if report.baselines_not_written:
+        names = ", ".join(repr(c.name) for c in report.baselines_not_written)
+        console.print(f"[bold red]not updating any baseline:[/] no map for {escape(names)}")
+        return
+    for result in report.results:
+        if result.baseline_update is not None:
+            console.print(escape(baseline_line(result.baseline_update)))
 
 
 @command_errors(each_line=True)
@@ -41,7 +129,7 @@ def check(
             "green, the peak as a cross).",
         ),
     ] = None,
-    report: Annotated[
+    html_report: Annotated[
         Path | None,
         typer.Option(
             "--report",
@@ -57,15 +145,51 @@ def check(
     Exit 0 when all pass, 1 when any fails, 2 for a bad spec (nothing is computed then).
     """
     go_offline(offline)
+    for option, path, folder in (
+        ("--junit", junit, False),
+        ("--save-failures", save_failures, True),
+        ("--report", html_report, False),
+    ):
+        # Checked first, so that a run is never lost to an output it cannot write.
+        reason = None if path is None else unwritable_reason(path, folder=folder)
+        if reason is not None:
+            raise UsageError(f"{option} {path}: {reason}")
 
-    from camcli.check import run_check
+    from rich.markup import escape
 
-    code = run_check(
-        spec,
-        update_baselines=update_baselines,
-        junit=junit,
-        json_out=json_out,
-        save_failures_to=save_failures,
-        html_report=report,
+    import camcli.check
+    from camcli.check.describe import failures_line, junit_suite, report_data, summary_line
+    from camcli.check.pictures import write_failure_pictures
+    from camcli.display import stderr_console
+    from camcli.machine_output import json_text, junit_xml
+    from camcli.writers import write_atomic
+
+    console = stderr_console()
+    began = time.perf_counter()
+    report = camcli.check.run_check(
+        spec, update_baselines=update_baselines, progress=console.is_terminal
     )
-    raise typer.Exit(code=code)
+    if update_baselines:
+        _show_baselines(console, report)
+    if save_failures is not None:
+        report.failure_folder = save_failures
+        if report.exit_code != EXIT_OK:
+            write_failure_pictures(report.results, save_failures)
+            report.seconds = time.perf_counter() - began  # the pictures count in the run's time
+    if report.outcomes:
+        console.print(_table(report))
+    style = "bold green" if report.exit_code == EXIT_OK else "bold red"
+    console.print(f"[{style}]{escape(summary_line(report))}[/]")
+    if save_failures is not None:
+        console.print(escape(failures_line(report)))
+    if json_out:
+        sys.stdout.write(json_text(report_data(report), indent=2) + "\n")
+        sys.stdout.flush()
+    if junit is not None:
+        write_atomic(junit, junit_xml("camcli check", junit_suite(report)))
+    if html_report is not None:
+        from camcli.report.check import write_check_report
+
+        write_check_report(report, html_report)
+        console.print(f"report: {escape(str(html_report))}")
+    raise typer.Exit(code=report.exit_code)

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from camcli.check.describe import summary_line
 from camcli.check.pictures import case_picture, failure_name
-from camcli.check.reports import summary_line
-from camcli.check.results import CaseResult, Report, named
+from camcli.check.results import CaseResult, CheckReport, named
 from camcli.errors import InputError
 from camcli.images import load_image
 from camcli.report.page import esc, link_from, page
@@ -110,7 +110,7 @@ def _case(result: CaseResult, page_dir: Path, folder: Path, compare: bool) -> st
     )
 
 
-def build_check_page(report: Report, path: Path) -> str:
+def build_check_page(report: CheckReport, path: Path) -> str:
     """The page for ``report``, its pictures written into ``pictures_folder(path)``."""
     folder = pictures_folder(path)
     folder.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ def build_check_page(report: Report, path: Path) -> str:
     return page(title, body)
 
 
-def write_check_report(report: Report, path: Path) -> None:
+def write_check_report(report: CheckReport, path: Path) -> None:
     """Write the check page to ``path`` (atomically) and its pictures beside it."""
     path = Path(path)
     write_atomic(path, build_check_page(report, path).encode("utf-8"))
