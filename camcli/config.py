@@ -2,7 +2,8 @@
 
 Every command, the Python API and the Ray actors pass these objects; no dict carries options
 between modules. They hold values only (checked where they are used: ``camcli.models`` for the
-model, ``camcli.explain`` for the method), so this module imports nothing of camcli's.
+model, ``camcli.explain`` for the method), so this module imports nothing of camcli's but the
+type of a ``--shard``.
 """
 
 from __future__ import annotations

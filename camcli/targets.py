@@ -36,7 +36,7 @@ import torch
 from torchvision.ops import box_iou
 
 from camcli.errors import UsageError
-from camcli.hooks import first_tensor
+from camcli.layers import first_tensor
 from camcli.models.loaded import LoadedModel
 
 HEADS = ("auto", "softmax", "binary", "multilabel")

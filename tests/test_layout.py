@@ -318,3 +318,45 @@ def test_every_command_module_is_short():
         if (n := len(p.read_text().splitlines())) > MAX_COMMAND_LINES
     }
     assert long == {}
+
+
+def defined_names(tree: ast.Module) -> set[str]:
+    """What a module defines at its top level (not what it imports)."""
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, ast.If):  # sys.version_info branches
+            names |= defined_names(ast.Module(body=node.body + node.orelse, type_ignores=[]))
+    return names
+
+
+def borrowed_imports(trees: dict[str, ast.Module]) -> list[str]:
+    """Names taken from a module that only imports them itself (``Target`` through
+    ``camcli.explain``): a name comes from the module that defines it. A package's
+    ``__init__`` may gather names: that is its public face."""
+    found = []
+    for name, tree in trees.items():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom) or node.level or node.module not in trees:
+                continue
+            if _is_package(node.module, trees):
+                continue
+            own = defined_names(trees[node.module])
+            for alias in node.names:
+                if alias.name not in own and f"{node.module}.{alias.name}" not in trees:
+                    found.append(f"{name}:{node.lineno}: {alias.name} from {node.module}")
+    return found
+
+
+def test_a_name_is_imported_from_the_module_that_defines_it(trees):
+    assert borrowed_imports(trees) == []
+    borrowed = {
+        "camcli.targets": ast.parse("class Target: ..."),
+        "camcli.explain": ast.parse("from camcli.targets import Target"),
+        "camcli.run": ast.parse("from camcli.explain import Target"),
+    }
+    assert borrowed_imports(borrowed) == ["camcli.run:1: Target from camcli.explain"]

@@ -118,9 +118,7 @@ def check(
             metavar="FILE", help="Write a JUnit XML report (one testcase per expectation) to FILE."
         ),
     ] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print the results as one JSON object on stdout.")
-    ] = False,
+    json_out: o.JsonOption = False,
     save_failures: Annotated[
         Path | None,
         typer.Option(

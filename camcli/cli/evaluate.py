@@ -15,6 +15,7 @@ import typer
 
 from camcli.cli import options as o
 from camcli.cli.edge import command_errors, go_offline
+from camcli.config import DEFAULT_METHOD, DEFAULT_MODEL
 from camcli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
-    model: o.ModelOption = "resnet50",
+    model: o.ModelOption = DEFAULT_MODEL,
     weights: o.WeightsOption = "DEFAULT",
     checkpoint: o.CheckpointOption = None,
     num_classes: o.NumClassesOption = None,
@@ -122,7 +123,7 @@ def evaluate(
 
     if json_out and csv_out:
         raise UsageError("--json and --csv: choose one")
-    methods = method or ["gradcam", "randomcam", "sobel"]
+    methods = method or [DEFAULT_METHOD, "randomcam", "sobel"]  # and the floor (methods/floors)
     families = [m.value for m in metric] if metric else [m.value for m in o.Metric]
     explain = ExplainSpec(method=methods[0], layers=tuple(layer or ()),
                           targets=tuple(target or ()), chunk_size=chunk_size,
