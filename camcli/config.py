@@ -9,10 +9,10 @@ type of a ``--shard``.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from camcli.shards import Shard
@@ -105,3 +105,13 @@ class Summary:
     ok: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def count(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Tally one input by its records (an error record, skipped ones, or its maps)."""
+        first = records[0]
+        if first["status"] == "error":
+            self.failed.append((first["input"], first["error"]))
+        elif first.get("skipped"):
+            self.skipped += 1
+        else:
+            self.ok += 1

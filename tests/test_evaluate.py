@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 import synthetic
 from camcli.cli import app
 from camcli.evaluate.measure import Settings, evaluate_methods, load_items
-from camcli.explain import Explainer, Target
+from camcli.explain import Explainer
 from camcli.images import Preprocess
 from camcli.methods.base import CamContext
 from camcli.methods.floors import RandomCAM, SobelEdges
@@ -34,6 +34,7 @@ from camcli.metrics.sanity import cascade, parameterised_modules, spearman
 from camcli.metrics.scoring import Scorer, at_input_size, min_max
 from camcli.models import LoadedModel
 from camcli.sources import collect_sources
+from camcli.targets import Target
 from conftest import SYNTHETIC_MODEL, strict_json, tiny_args
 
 N_IMAGES = 4

@@ -15,7 +15,7 @@ import typer
 
 from camcli.cli import options as o
 from camcli.cli.edge import command_errors, go_offline
-from camcli.config import DEFAULT_METHOD, DEFAULT_MODEL
+from camcli.config import DEFAULT_METHOD, DEFAULT_MODEL, ExplainSpec, ModelSpec
 from camcli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def evaluate(
         ),
     ] = None,
     model: o.ModelOption = DEFAULT_MODEL,
-    weights: o.WeightsOption = "DEFAULT",
+    weights: o.WeightsOption = ModelSpec.weights,
     checkpoint: o.CheckpointOption = None,
     num_classes: o.NumClassesOption = None,
     labels: o.LabelsOption = None,
@@ -83,14 +83,14 @@ def evaluate(
             help="Seed of ROAD's noise, the randomised models and the bootstrap intervals."
         ),
     ] = 0,
-    fit: o.FitOption = o.Fit.crop,
+    fit: o.FitOption = o.Fit(ModelSpec.fit),
     input_size: o.InputSizeOption = None,
     batch_size: o.BatchSizeOption = "auto",
-    chunk_size: o.ChunkSizeOption = 32,
+    chunk_size: o.ChunkSizeOption = ExplainSpec.chunk_size,
     max_pixels: o.MaxPixelsOption = None,
-    device: o.DeviceOption = "auto",
+    device: o.DeviceOption = ModelSpec.device,
     offline: o.OfflineOption = False,
-    precision: o.PrecisionOption = o.Precision.fp32,
+    precision: o.PrecisionOption = o.Precision(ExplainSpec.precision),
     json_out: o.JsonOption = False,
     csv_out: Annotated[
         bool, typer.Option("--csv", help="Print one CSV row per method on stdout.")
@@ -116,7 +116,6 @@ def evaluate(
     Exit 0 when every image was evaluated, 1 when some could not be read, 2 for bad options.
     """
     go_offline(offline)
-    from camcli.config import ExplainSpec
     from camcli.display import error_line, stderr_console
     from camcli.engines.batchsize import parse_batch_size
     from camcli.evaluate import check_options, evaluate_methods, prepare, results_dict

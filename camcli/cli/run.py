@@ -9,7 +9,7 @@ import typer
 
 from camcli.cli import options as o
 from camcli.cli.edge import command_errors, go_offline
-from camcli.config import DEFAULT_METHOD, DEFAULT_MODEL, ExplainSpec, RunConfig
+from camcli.config import DEFAULT_METHOD, DEFAULT_MODEL, ExplainSpec, ModelSpec, RunConfig
 from camcli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
 
 
@@ -23,7 +23,7 @@ def run(
         Path, typer.Option("--out", "-o", help="Output folder; directory trees are mirrored.")
     ] = Path("camcli-out"),
     model: o.ModelOption = DEFAULT_MODEL,
-    weights: o.WeightsOption = "DEFAULT",
+    weights: o.WeightsOption = ModelSpec.weights,
     checkpoint: o.CheckpointOption = None,
     num_classes: o.NumClassesOption = None,
     labels: o.LabelsOption = None,
@@ -51,7 +51,7 @@ def run(
     colormap: Annotated[
         str, typer.Option(help="Any OpenCV colormap name (jet, viridis, turbo, inferno...).")
     ] = "jet",
-    fit: o.FitOption = o.Fit.crop,
+    fit: o.FitOption = o.Fit(ModelSpec.fit),
     input_size: o.InputSizeOption = None,
     batch_size: o.BatchSizeOption = "auto",
     aug_smooth: Annotated[
@@ -68,11 +68,11 @@ def run(
             help="First principal component of the weighted activations instead of their sum.",
         ),
     ] = False,
-    chunk_size: o.ChunkSizeOption = 32,
+    chunk_size: o.ChunkSizeOption = ExplainSpec.chunk_size,
     max_pixels: o.MaxPixelsOption = None,
-    device: o.DeviceOption = "auto",
+    device: o.DeviceOption = ModelSpec.device,
     offline: o.OfflineOption = False,
-    precision: o.PrecisionOption = o.Precision.fp32,
+    precision: o.PrecisionOption = o.Precision(ExplainSpec.precision),
     skip_existing: Annotated[
         bool, typer.Option(help="Skip inputs whose outputs all exist (resume a run).")
     ] = False,
@@ -140,17 +140,17 @@ def run(
             help="What the classifier's output is: softmax, binary (one logit; targets "
             "positive / negative) or multilabel (sigmoid); auto: binary for one output."
         ),
-    ] = "auto",
+    ] = ModelSpec.head,
     threshold: Annotated[
         float,
         typer.Option(
             help="Multi-label: a map for every label whose sigmoid reaches this.", min=0, max=1
         ),
-    ] = 0.5,
+    ] = ExplainSpec.threshold,
     score_threshold: Annotated[
         float,
         typer.Option(help="Detection: a map per box scoring at least this.", min=0, max=1),
-    ] = 0.5,
+    ] = ExplainSpec.score_threshold,
     concepts: Annotated[
         int,
         typer.Option(
@@ -160,7 +160,7 @@ def run(
             metavar="K",
             min=1,
         ),
-    ] = 5,
+    ] = ExplainSpec.concepts,
 ) -> None:
     """Write heatmaps (overlays or raw maps) for images, files or whole folders."""
     go_offline(offline)

@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from camcli.config import RunConfig
+from camcli.config import RunConfig, Summary
 from camcli.errors import CamcliError, InputError
 from camcli.explain import Explainer, to_model_input
 from camcli.images import Box, Preprocess, load_image, model_view
 from camcli.models import LoadedModel
-from camcli.outfolder import Key, Record
+from camcli.outfolder import Key, OutputFolder, Record
 from camcli.render import Rect, draw_box, image_box, overlay, saliency_images
 from camcli.sources import Source
 from camcli.stages.tensor_path import TensorStages, tensor_stages
@@ -72,6 +72,38 @@ class Plan:
             }
             for t in targets
         }
+
+
+class RecordSink:
+    """Where every engine sends one input's records, in this order: the manifest (the files
+    are on disk, so is their record), the run's tally, the caller's ``on_record`` (until it
+    fails once: a closed ``--json`` pipe is not called again while the run stops), and one
+    step of progress."""
+
+    def __init__(
+        self,
+        folder: OutputFolder,
+        summary: Summary,
+        on_record: Callable[[Record], None],
+        on_progress: Callable[[int], None],
+    ) -> None:
+        self.folder = folder
+        self.summary = summary
+        self.on_record = on_record
+        self.on_progress = on_progress
+        self.listening = True
+
+    def __call__(self, records: list[Record]) -> None:
+        self.folder.append(records)
+        self.summary.count(records)
+        if self.listening:
+            try:
+                for record in records:
+                    self.on_record(record)
+            except BaseException:
+                self.listening = False
+                raise
+        self.on_progress(1)
 
 
 def pixel_limit(loaded: LoadedModel) -> int | None:

@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from camcli.config import RunConfig, Summary
-from camcli.engines.batch import BatchWork, Loaded, Plan, run_settings
+from camcli.engines.batch import BatchWork, Loaded, Plan, RecordSink, run_settings
 from camcli.errors import CamcliError
 from camcli.explain import Explainer
 from camcli.outfolder import Key, OutputFolder, Record
@@ -72,27 +72,10 @@ class Pipeline:
         previous = folder.previous() if config.skip_existing else {}
         summary = Summary(total=len(sources))
         pending: deque[Job] = deque()
-        listening = [True]  # False once on_record has failed (a closed --json pipe)
         load_pool = ThreadPoolExecutor(config.workers, thread_name_prefix="camcli-load")
         write_pool = ThreadPoolExecutor(config.workers, thread_name_prefix="camcli-write")
 
-        def emit(records: list[Record]) -> None:
-            folder.append(records)  # first: the files are on disk, so is their record
-            first = records[0]
-            if first["status"] == "error":
-                summary.failed.append((first["input"], first["error"]))
-            elif first.get("skipped"):
-                summary.skipped += 1
-            else:
-                summary.ok += 1
-            if listening[0]:
-                try:
-                    for record in records:
-                        self.on_record(record)
-                except BaseException:
-                    listening[0] = False
-                    raise
-            self.on_progress(1)
+        emit = RecordSink(folder, summary, self.on_record, self.on_progress)
 
         def drain(limit: int) -> None:
             while pending and (

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from camcli.config import DEFAULT_MODEL, ExplainSpec, ModelSpec, RunConfig, Summary
-from camcli.engines.batch import BatchWork, Loaded, load
+from camcli.engines.batch import BatchWork, Loaded, RecordSink, load
 from camcli.errors import CamcliError, UsageError, install_extra
 from camcli.explain import Explainer, parse_targets
 from camcli.images import Box, Preprocess, model_view, to_rgb
@@ -253,18 +253,7 @@ def run_on_ray(
         folder = stack.enter_context(OutputFolder(config.out, config.shard))
         setup.temp_dir = work.temp_dir = folder.temp_dir
 
-        def emit(records: list[Record]) -> None:
-            folder.append(records)  # the files are on disk, so is their record
-            first = records[0]
-            if first["status"] == "error":
-                summary.failed.append((first["input"], first["error"]))
-            elif first.get("skipped"):
-                summary.skipped += 1
-            else:
-                summary.ok += 1
-            for record in records:
-                on_record(record)
-            on_progress(1)
+        emit = RecordSink(folder, summary, on_record, on_progress)
 
         previous = folder.previous() if config.skip_existing else {}
         todo = []
