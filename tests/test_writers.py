@@ -52,7 +52,7 @@ def test_json_is_written_in_one_place():
         for path in sorted(package.rglob("*.py"))
         if re.search(r"\bjson\.dumps?\(", path.read_text(encoding="utf-8"))
     ]
-    assert writers == ["writers.py"]
+    assert writers == ["machine_output.py"]
 
 
 # -- output names -------------------------------------------------------------------------------
