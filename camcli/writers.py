@@ -9,6 +9,7 @@ import io
 import os
 import re
 import secrets
+import tempfile
 from pathlib import Path, PurePosixPath
 
 import cv2
@@ -108,3 +109,30 @@ def encode_npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
     return buffer.getvalue()
+
+
+def unwritable_reason(path: Path, *, folder: bool) -> str | None:
+    """Why ``path`` (a file to write, or with ``folder`` a folder to fill) cannot be written;
+    None when it can.
+
+    Nothing is left behind: the nearest part of ``path`` that exists must be a folder in
+    which a file can be created (a probe file is created there and removed at once). That
+    is the only test that holds for root too, who passes every permission check but still
+    cannot write below a regular file, on a read-only file system or in ``/proc``.
+    """
+    if folder and path.exists() and not path.is_dir():
+        return "exists and is not a directory"
+    if not folder and path.is_dir():
+        return "is a directory; give a file name such as report.xml"
+    existing = path if folder else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot be written: {existing} is not a directory"
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".camcli-probe.", dir=existing)
+    except OSError as exc:
+        return f"cannot be written: cannot create a file in {existing} ({exc.strerror or exc})"
+    os.close(handle)
+    os.unlink(probe)
+    return None

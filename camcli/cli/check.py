@@ -8,9 +8,7 @@ the ``--save-failures`` pictures and the ``--report`` page as files.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -26,33 +24,6 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from camcli.check import CheckReport
-
-
-def unwritable_reason(path: Path, *, folder: bool) -> str | None:
-    """Why ``path`` (a file to write, or with ``folder`` a folder to fill) cannot be written;
-    None when it can.
-
-    Nothing is left behind: the nearest part of ``path`` that exists must be a folder in
-    which a file can be created (a probe file is created there and removed at once). That
-    is the only test that holds for root too, who passes every permission check but still
-    cannot write below a regular file, on a read-only file system or in ``/proc``.
-    """
-    if folder and path.exists() and not path.is_dir():
-        return "exists and is not a directory"
-    if not folder and path.is_dir():
-        return "is a directory; give a file name such as report.xml"
-    existing = path if folder else path.parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"cannot be written: {existing} is not a directory"
-    try:
-        handle, probe = tempfile.mkstemp(prefix=".camcli-probe.", dir=existing)
-    except OSError as exc:
-        return f"cannot be written: cannot create a file in {existing} ({exc.strerror or exc})"
-    os.close(handle)
-    os.unlink(probe)
-    return None
 
 
 def _table(report: CheckReport) -> Table:
@@ -143,6 +114,8 @@ def check(
     Exit 0 when all pass, 1 when any fails, 2 for a bad spec (nothing is computed then).
     """
     go_offline(offline)
+    from camcli.writers import unwritable_reason, write_atomic
+
     for option, path, folder in (
         ("--junit", junit, False),
         ("--save-failures", save_failures, True),
@@ -160,7 +133,6 @@ def check(
     from camcli.check.pictures import write_failure_pictures
     from camcli.display import stderr_console
     from camcli.machine_output import json_text, junit_xml
-    from camcli.writers import write_atomic
 
     console = stderr_console()
     began = time.perf_counter()
