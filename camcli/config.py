@@ -56,7 +56,10 @@ class ExplainSpec:
     ``topN``, class indices or names (empty: ``top1``, or the head's own); ``top_k``: maps for
     the K most likely classes; ``chunk_size``: extra forward passes run at once;
     ``threshold``: multi-label's sigmoid cut; ``score_threshold``: a detector's box score;
-    ``concepts``: ``dff``'s concept maps per image.
+    ``concepts``: ``dff``'s concept maps per image. The black-box methods'
+    (``camcli.methods.blackbox``): ``masks`` (a count or ``auto``), ``mask_cells`` (None: the
+    method's own), ``mask_p`` and ``seed`` for ``rise`` / ``drise``; ``window``, ``stride``
+    and ``baseline`` (in the normalised input: 0 is the mean colour) for ``occlusion``.
     """
 
     method: str = DEFAULT_METHOD
@@ -70,6 +73,13 @@ class ExplainSpec:
     threshold: float = 0.5
     score_threshold: float = 0.5
     concepts: int = 5
+    masks: int | str = 4000
+    mask_cells: int | None = None
+    mask_p: float = 0.5
+    seed: int = 0
+    window: int = 32
+    stride: int = 16
+    baseline: float = 0.0
 
     def __post_init__(self) -> None:  # lists from a caller become tuples: the spec is frozen
         object.__setattr__(self, "layers", tuple(self.layers))

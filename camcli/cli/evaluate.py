@@ -77,12 +77,13 @@ def evaluate(
             min=1,
         ),
     ] = 4,
-    seed: Annotated[
-        int,
-        typer.Option(
-            help="Seed of ROAD's noise, the randomised models and the bootstrap intervals."
-        ),
-    ] = 0,
+    seed: o.SeedOption = ExplainSpec.seed,
+    masks: o.MasksOption = str(ExplainSpec.masks),
+    mask_cells: o.MaskCellsOption = ExplainSpec.mask_cells,
+    mask_p: o.MaskPOption = ExplainSpec.mask_p,
+    window: o.WindowOption = ExplainSpec.window,
+    stride: o.StrideOption = ExplainSpec.stride,
+    baseline: o.BaselineOption = ExplainSpec.baseline,
     fit: o.FitOption = o.Fit(ModelSpec.fit),
     input_size: o.InputSizeOption = None,
     batch_size: o.BatchSizeOption = "auto",
@@ -126,7 +127,9 @@ def evaluate(
     families = [m.value for m in metric] if metric else [m.value for m in o.Metric]
     explain = ExplainSpec(method=methods[0], layers=tuple(layer or ()),
                           targets=tuple(target or ()), chunk_size=chunk_size,
-                          precision=precision.value)  # fmt: skip
+                          precision=precision.value, masks=masks, mask_cells=mask_cells,
+                          mask_p=mask_p, seed=seed, window=window, stride=stride,
+                          baseline=baseline)  # fmt: skip
     parsed_batch_size = parse_batch_size(batch_size)
     check_options(methods, explain, families, steps, sanity_stages)
     if plots is not None and plots.exists() and not plots.is_dir():

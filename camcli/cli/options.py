@@ -192,3 +192,48 @@ def model_spec(
     return ModelSpec(model=model, weights=weights, checkpoint=checkpoint, num_classes=num_classes,
                      labels=labels, input_size=input_size, fit=fit.value, device=device,
                      max_pixels=max_pixels, head=head)  # fmt: skip
+
+
+# The black-box methods' options (rise, drise, occlusion), shared by run and evaluate.
+MasksOption = Annotated[
+    str,
+    typer.Option(
+        "--masks",
+        help="rise/drise: random masks per image, or auto (add 250 at a time until the map "
+        "stops changing; 1000 to 8000).",
+        metavar="N|auto",
+    ),
+]
+MaskCellsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--mask-cells",
+        help="rise/drise: cells per side of the masks' random grid. Default: 7 (rise), 16 (drise).",
+        metavar="S",
+        show_default=False,
+    ),
+]
+MaskPOption = Annotated[
+    float, typer.Option("--mask-p", help="rise/drise: probability that a cell is kept.")
+]
+SeedOption = Annotated[
+    int,
+    typer.Option(
+        "--seed",
+        help="Seed of rise/drise's masks (the same maps on every run) and, in evaluate, of "
+        "ROAD's noise, the randomised models and the bootstrap intervals.",
+    ),
+]
+WindowOption = Annotated[
+    int, typer.Option("--window", help="occlusion: side of the square window, in pixels.")
+]
+StrideOption = Annotated[
+    int, typer.Option("--stride", help="occlusion: step between windows, in pixels.")
+]
+BaselineOption = Annotated[
+    float,
+    typer.Option(
+        "--baseline",
+        help="occlusion: the value under the window, in the normalised input (0: the mean colour).",
+    ),
+]

@@ -161,6 +161,13 @@ def run(
             min=1,
         ),
     ] = ExplainSpec.concepts,
+    masks: o.MasksOption = str(ExplainSpec.masks),
+    mask_cells: o.MaskCellsOption = ExplainSpec.mask_cells,
+    mask_p: o.MaskPOption = ExplainSpec.mask_p,
+    seed: o.SeedOption = ExplainSpec.seed,
+    window: o.WindowOption = ExplainSpec.window,
+    stride: o.StrideOption = ExplainSpec.stride,
+    baseline: o.BaselineOption = ExplainSpec.baseline,
 ) -> None:
     """Write heatmaps (overlays or raw maps) for images, files or whole folders."""
     go_offline(offline)
@@ -192,7 +199,9 @@ def run(
     explain = ExplainSpec(method=method, layers=tuple(layer or ()), targets=tuple(target or ()),
                           top_k=top_k, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
                           precision=precision.value, chunk_size=chunk_size, threshold=threshold,
-                          score_threshold=score_threshold, concepts=concepts)  # fmt: skip
+                          score_threshold=score_threshold, concepts=concepts, masks=masks,
+                          mask_cells=mask_cells, mask_p=mask_p, seed=seed, window=window,
+                          stride=stride, baseline=baseline)  # fmt: skip
     wants_ray = engine is o.Engine.ray or ray_address or ray_actors or num_gpus
     ray = RayOptions(address=ray_address, actors=ray_actors, num_gpus=num_gpus or 0.0)
     display = RunDisplay(quiet=quiet, json_lines=json_lines)

@@ -269,7 +269,8 @@ class BatchWork:
     def write(self, item: Loaded, plan: Plan, maps: np.ndarray, classes: np.ndarray,
               scores: np.ndarray, saliency: np.ndarray | None = None,
               blank: Sequence[str | None] | None = None, present: np.ndarray | None = None,
-              boxes: Sequence[Rect | None] | None = None) -> list[Record]:  # fmt: skip
+              boxes: Sequence[Rect | None] | None = None,
+              details: Mapping[str, Any] | None = None) -> list[Record]:  # fmt: skip
         """Render, encode and write one image's outputs; its records.
 
         A target the image does not have (``present``: no such box, a label under the
@@ -330,6 +331,7 @@ class BatchWork:
                     record["warning"] = blank[t]
                 if rect is not None:
                     record["box"] = [round(v, 2) for v in rect]
+                record.update(details or {})  # a black-box method's masks used
                 record["settings"] = self.settings
                 records.append(record)
             if not records:
@@ -380,8 +382,9 @@ class BatchWork:
             sal = None if saliency is None else saliency[i]
             present = None if result.present is None else result.present[i]
             boxes = None if result.boxes is None else result.boxes[i]
+            details = None if result.details is None else result.details[i]
             jobs.append(partial(self.write, item, plan, result.maps[i], result.class_indices[i],
-                                result.scores[i], sal, blank[i], present, boxes))  # fmt: skip
+                                result.scores[i], sal, blank[i], present, boxes, details))  # fmt: skip
         return jobs
 
     def __call__(self, batch: Sequence[tuple[Plan, Loaded | list[Record]]]) -> list[list[Record]]:
@@ -423,6 +426,7 @@ def run_settings(
         "precision": str(explainer.autocast_dtype or "fp32").removeprefix("torch."),
         "aug_smooth": explainer.aug_smooth,
         "eigen_smooth": explainer.eigen_smooth,
+        **explainer.method.settings(),  # a black-box method's masks, window...
     }
     head = explainer.head
     if head.name != "softmax":  # a softmax run's settings stay as they were before heads
