@@ -30,6 +30,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 TOP_KEYS = ("model", "defaults", "case")
+#: The black-box methods' options (``camcli.methods.blackbox``), as ``camcli run`` takes them.
+BLACK_BOX_KEYS = ("masks", "mask_cells", "mask_p", "seed", "window", "stride", "baseline")
 MODEL_KEYS = (
     "model",
     "weights",
@@ -42,6 +44,7 @@ MODEL_KEYS = (
     "fit",
     "device",
     "batch_size",
+    *BLACK_BOX_KEYS,
 )
 DEFAULT_KEYS = ("top_k", "min_score", "pointing", "min_energy", "min_similarity", "min_iou")
 CASE_KEYS = (
@@ -64,7 +67,7 @@ CASE_KEYS = (
 DEFAULT_MIN_SIMILARITY = 0.9
 # [model] keys that only shape the explanation: with a problem in one of these, the model can
 # still be loaded to check the cases' classes against it.
-EXPLAIN_KEYS = frozenset({"method", "layer", "batch_size"})
+EXPLAIN_KEYS = frozenset({"method", "layer", "batch_size", *BLACK_BOX_KEYS})
 
 
 class SpecError(UsageError):
@@ -267,11 +270,36 @@ def _model_spec(
             reader.problem(where, f"layer must be a layer name or a list of names, got {layer!r}")
         else:
             values["layers"] = tuple(names)
+    values.update(_black_box_values(reader, where, table))
     taken = set(values) | ({"layer"} if "layers" in values else set())
     bad |= {key for key in table if key in MODEL_KEYS and key not in taken}
-    explain = ExplainSpec(**{key: values.pop(key) for key in ("method", "layers") if key in values})
+    explain_keys = ("method", "layers", *BLACK_BOX_KEYS)
+    explain = ExplainSpec(**{key: values.pop(key) for key in explain_keys if key in values})
     batch_size = values.pop("batch_size", CPU_BATCH_SIZE)
     return ModelSpec(**values), explain, batch_size, frozenset(bad)
+
+
+def _black_box_values(reader: _Reader, where: str, table: dict[str, Any]) -> dict[str, Any]:
+    """The valid black-box options of ``[model]`` (the rest are reported)."""
+    values: dict[str, Any] = {}
+    masks = table.get("masks")
+    if masks == "auto" or (masks is not None and reader.integer(where, table, "masks", 1)):
+        values["masks"] = masks  # a count of 1 or more, or auto
+    for key, low in (("mask_cells", 1), ("seed", 0), ("window", 1), ("stride", 1)):
+        number = reader.integer(where, table, key, low)
+        if number is not None:
+            values[key] = number
+    p = table.get("mask_p")
+    if p is not None and (not _is_number(p) or not 0 < p <= 1):
+        reader.problem(where, f"mask_p must be a number in (0, 1], got {p!r}")
+    elif p is not None:
+        values["mask_p"] = float(p)
+    baseline = table.get("baseline")
+    if baseline is not None and not _is_number(baseline):
+        reader.problem(where, f"baseline must be a number, got {_type_name(baseline)}")
+    elif baseline is not None:
+        values["baseline"] = float(baseline)
+    return values
 
 
 def _box(reader: _Reader, where: str, value: Any, key: str) -> tuple[float, ...] | None:
