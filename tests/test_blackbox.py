@@ -128,6 +128,12 @@ def test_refusals_name_the_method_to_use():
         Explainer(loaded_model(RegionNet(), 2), "rise", masks=0)
     with pytest.raises(UsageError, match="larger than the 64 px model input"):
         Explainer(loaded_model(RegionNet(), 2), "occlusion", window=65)
+    with pytest.raises(UsageError, match="--mask-cells must be at least 1"):
+        Explainer(loaded_model(RegionNet(), 2), "rise", mask_cells=0)
+    with pytest.raises(UsageError, match="--stride 9 is larger than --window 8"):
+        Explainer(loaded_model(RegionNet(), 2), "occlusion", window=8, stride=9)
+    with pytest.raises(UsageError, match="--masks must be a number of masks or auto"):
+        Explainer(loaded_model(RegionNet(), 2), "rise", masks="many")
 
 
 def test_layer_is_ignored_with_a_warning():
@@ -293,9 +299,7 @@ def test_cli_rise_is_reproducible_and_independent_of_batching(tmp_path, tiny_che
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--method", "rise", "--masks", "0"], "--masks must be at least 1"),
         (["--method", "rise", "--mask-p", "1.5"], "--mask-p must be in (0, 1]"),
-        (["--method", "occlusion", "--window", "65"], "--window 65 is larger than"),
         (["--method", "occlusion", "--stride", "0"], "--stride must be at least 1"),
     ],
 )
@@ -341,3 +345,28 @@ def test_cli_evaluate_occlusion(tmp_path, tiny_checkpoint):
     report = json.loads(done.stdout)
     assert list(report["methods"]) == ["occlusion", "gradcam"]
     assert report["methods"]["occlusion"]["metrics"]
+
+
+def _hits(tiny_model, method: str, count: int, **options) -> int:
+    """How many of ``count`` synthetic shapes get the map's peak inside their box."""
+    import synthetic
+
+    images, _labels, boxes = synthetic.dataset(count, seed=2024)
+    loaded = LoadedModel(tiny_model, "tiny", None, Preprocess(SIZE, SIZE),
+                         list(synthetic.CLASSES), CPU, 3)  # fmt: skip
+    explainer = Explainer(loaded, method, chunk_size=512, **options)
+    maps = explainer.explain(synthetic.to_tensor(images), [Target(rank=1)]).maps[:, 0]
+    hits = 0
+    for saliency, (x0, y0, x1, y1) in zip(maps, boxes, strict=True):
+        row, col = peak(saliency)
+        hits += bool(x0 <= col < x1 and y0 <= row < y1)
+    return hits
+
+
+def test_occlusion_localises_on_the_trained_model(tiny_model):
+    assert _hits(tiny_model, "occlusion", 8, window=12, stride=4) >= 7
+
+
+@pytest.mark.slow
+def test_rise_localises_on_the_trained_model(tiny_model):
+    assert _hits(tiny_model, "rise", 8, masks=1500) >= 7
