@@ -96,7 +96,7 @@ def test_masks_do_not_depend_on_how_many_or_where():
 
 def test_rise_converges_and_finds_the_region():
     """Two seeds' maps at N = 4000 correlate above 0.9 and peak in the region; ``auto`` stops
-    early with a map that correlates at least 0.98 with an 8000-mask map."""
+    early with a map that correlates at least 0.98 with the 8000-mask map of its seed."""
     loaded = loaded_model(RegionNet(), 2)
     x = region_image()
 
@@ -111,9 +111,9 @@ def test_rise_converges_and_finds_the_region():
     for saliency in (a, b):
         row, col = peak(saliency.numpy())
         assert ROWS.start <= row < ROWS.stop and COLS.start <= col < COLS.stop
-    reference, _ = rise(8000, 7)
+    reference, _ = rise(8000, 0)
     auto, used = rise("auto", 0)
-    assert used < AUTO_MAX_MASKS
+    assert used <= 2500 < AUTO_MAX_MASKS  # at most half OpenVINO XAI's default 5000
     assert float(map_correlation(auto, reference)) >= 0.98
 
 

@@ -17,8 +17,8 @@ class RISE(MaskedMethod):
     as the paper; sigmoid for binary and multi-label heads). ``M_i`` are ``MaskSet``'s:
     ``--mask-cells`` s x s binary grids (default 7), each cell on with probability
     ``--mask-p`` p, upsampled bilinearly and shifted at random. ``--masks`` N (default 4000),
-    or ``auto``: blocks of 250 masks until the map correlates at least 0.995 with the map at
-    half as many (1000 to 8000 masks). ``I * M_i`` multiplies the normalised input, so a
+    or ``auto``: blocks of 250 masks until the map correlates at least 0.98 with the map at
+    half as many (1000 to 8000 masks; ``camcli.methods.masks.Convergence``). ``I * M_i`` multiplies the normalised input, so a
     masked pixel has the mean colour. Every image is explained with the same masks
     (``--seed``), so its map does not depend on the batch it is in. No layer, no gradient:
     the map is at the input size. N forward passes per image.
