@@ -350,6 +350,11 @@ class Explainer:
     def layer_names(self) -> list[str]:
         return list(self.layers)
 
+    @property
+    def layer_label(self) -> str:
+        """Where the maps are read, for people: the layers, or the input (black-box methods)."""
+        return "+".join(self.layers) or "the input"
+
     def _prepared(
         self, batch: torch.Tensor, low: torch.dtype | None
     ) -> tuple[torch.Tensor, contextlib.AbstractContextManager]:

@@ -138,7 +138,7 @@ def summary_line(report: CheckReport) -> str:
     text = (
         f"{head}: {passed} of {len(outcomes)} expectations passed in {len(report.results)} "
         f"cases ({_model_label(report.loaded.name)}, {report.explainer.method_name} at "
-        f"{'+'.join(report.explainer.layer_names)}, {report.seconds:.1f} s)"
+        f"{report.explainer.layer_label}, {report.seconds:.1f} s)"
     )
     if report.updated_baselines:
         counts: dict[str, int] = {}

@@ -120,7 +120,7 @@ def build_check_page(report: CheckReport, path: Path) -> str:
     title = f"camcli check {report.spec.path}"
     model = (
         f"model {report.loaded.name}, {report.explainer.method_name} at "
-        f"{'+'.join(report.explainer.layer_names)}, input {report.loaded.preprocess.crop_size} px"
+        f"{report.explainer.layer_label}, input {report.loaded.preprocess.crop_size} px"
     )
     body = (
         f"<header><h1>{esc(title)}</h1><p>{esc(model)}</p>"

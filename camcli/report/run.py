@@ -96,7 +96,9 @@ def _describe(records: list[Record]) -> list[str]:
         )
         models[f"{settings.get('model', '?')} ({weights})"] = None
         if record.get("method"):
-            methods[f"{record['method']} at {record.get('layer') or '?'}"] = None
+            layer = record.get("layer")
+            where = "the input" if layer == "" else layer or "?"  # "": a black-box method
+            methods[f"{record['method']} at {where}"] = None
     return [f"model {m}" for m in models] + [f"method {m}" for m in methods]
 
 
