@@ -28,6 +28,7 @@ from camcli.models.memory import (
     input_too_small,
     is_out_of_memory,
 )
+from camcli.models.normalize import normalized
 from camcli.models.onnx import is_onnx_path, load_onnx
 from camcli.models.segmentation import load_segmentation, segmentation_models
 from camcli.models.sources import find_source, load_source_model, source_models
@@ -84,6 +85,7 @@ def load_model(
     if isinstance(model, ModelSpec) and options:
         raise TypeError("load_model: a ModelSpec or keywords, not both")
     loaded = _load(spec, progress)
+    loaded.preprocess = normalized(loaded.preprocess, spec)  # --normalize, --mean, --std
     loaded.spec = spec
     return loaded
 
