@@ -507,6 +507,12 @@ class OnnxModel(nn.Module):
         hooked = tuple(
             name for name, tap in self._taps.items() if tap._forward_hooks or tap._forward_pre_hooks
         )
+        fixed = (self.input.height, self.input.width)
+        if None not in fixed and tuple(x.shape[-2:]) != fixed:
+            raise RuntimeError(
+                f"{self.path} takes {fixed[0]}x{fixed[1]} px inputs only (fixed in the graph), "
+                f"got {x.shape[-2]}x{x.shape[-1]} (--aug-smooth rescales: leave it out)"
+            )
         pixels = x.detach().float()
         if self.input.layout == "nhwc":
             pixels = pixels.permute(0, 2, 3, 1)
