@@ -27,13 +27,16 @@ CPU_BATCH_SIZE = 16
 class ModelSpec:
     """Which model, with which weights, fed how: what ``--model`` and its options say.
 
-    ``model``: a torchvision name, ``timm:NAME``, ``hf:ID_OR_DIR`` or ``FILE.py:FACTORY``;
+    ``model``: a torchvision name, ``timm:NAME``, ``hf:ID_OR_DIR``, ``FILE.py:FACTORY`` or an
+    ONNX file (``model.onnx``);
     ``weights``: ``DEFAULT``, an enum value or ``none``; ``checkpoint``: the user's state dict
     (with ``num_classes`` for its head, inferred when None); ``labels``: class names, one per
     line; ``input_size``/``fit``: the model's view of each image; ``max_pixels``: the largest
     image (width x height) read, None for ``camcli.images.DEFAULT_MAX_PIXELS``, 0 for no
     limit; ``head``: what the output is (``camcli.targets``: auto, softmax, binary,
-    multilabel).
+    multilabel); ``normalize``: a preset (``camcli.models.normalize.PRESETS``: imagenet,
+    inception, clip, none) in place of the model's own normalisation, and ``mean``/``std``
+    (per RGB channel, pixels in [0, 1]) over it; None keeps the model's own.
     """
 
     model: str = DEFAULT_MODEL
@@ -46,6 +49,9 @@ class ModelSpec:
     device: str = "auto"
     max_pixels: int | None = None
     head: str = "auto"
+    normalize: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from camcli.config import DEFAULT_METHOD, ExplainSpec
 from camcli.errors import CamcliWarning, UsageError
 from camcli.hooks import ActivationRecorder
 from camcli.layers import default_layer, resolve_layer
-from camcli.methods import get_method_class
+from camcli.methods import get_method_class, gradient_free_methods
 from camcli.methods.base import CamContext, CamMethod, Progress
 from camcli.models import LoadedModel, fold_batchnorms, input_too_small, is_out_of_memory
 from camcli.targets import (
@@ -248,6 +248,11 @@ class Explainer:
         # Inputs follow the model's layout; the explainer never changes a caller's model.
         self.channels_last = loaded.channels_last
         method_cls = get_method_class(method)
+        if method_cls.needs_grad and not getattr(model, "differentiable", True):
+            raise UsageError(
+                f"{method_cls.name} needs gradients, which {loaded.name} does not give (ONNX "
+                f"Runtime has no autograd); use one of: {', '.join(gradient_free_methods())}"
+            )
         if chunk_size < 1:
             raise UsageError("--chunk-size must be at least 1")
         if eigen_smooth and not method_cls.supports_eigen_smooth:

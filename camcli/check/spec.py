@@ -45,6 +45,9 @@ MODEL_KEYS = (
     "device",
     "batch_size",
     *BLACK_BOX_KEYS,
+    "normalize",
+    "mean",
+    "std",
 )
 DEFAULT_KEYS = ("top_k", "min_score", "pointing", "min_energy", "min_similarity", "min_iou")
 CASE_KEYS = (
@@ -227,7 +230,7 @@ def _model_spec(
     reader.unknown_keys(where, table, MODEL_KEYS)
     bad = {key for key in table if key not in MODEL_KEYS}
     values: dict[str, Any] = {}
-    for key in ("model", "weights", "method", "fit", "device"):
+    for key in ("model", "weights", "method", "fit", "device", "normalize"):
         value = reader.string(where, table, key)
         if value is not None:
             values[key] = value
@@ -237,6 +240,8 @@ def _model_spec(
         if ":" in spec_text and spec_text.rsplit(":", 1)[0].endswith(".py"):
             where_py, attr = spec_text.rsplit(":", 1)
             values["model"] = f"{_relative(folder, where_py)}:{attr}"
+        elif spec_text.lower().endswith(".onnx"):  # an ONNX file beside the spec
+            values["model"] = str(_relative(folder, spec_text))
         elif spec_text.startswith("hf:") and (folder / spec_text[3:]).is_dir():
             values["model"] = f"hf:{_relative(folder, spec_text[3:])}"  # a folder beside it
     method = values.get("method")
@@ -259,6 +264,20 @@ def _model_spec(
         number = reader.integer(where, table, key, low)
         if number is not None:
             values[key] = number
+    for key in ("mean", "std"):
+        channels = table.get(key)
+        if channels is None:
+            continue
+        if isinstance(channels, (int, float)) and not isinstance(channels, bool):
+            channels = [channels]
+        if (
+            isinstance(channels, list)
+            and len(channels) in (1, 3)
+            and all(_is_number(v) for v in channels)
+        ):
+            values[key] = tuple(float(v) for v in channels)
+        else:
+            reader.problem(where, f"{key} must be 3 numbers [R, G, B] or one, got {channels!r}")
     layer = table.get("layer")
     if layer is not None:
         names = [layer] if isinstance(layer, str) else layer

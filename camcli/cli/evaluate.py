@@ -86,6 +86,9 @@ def evaluate(
     baseline: o.BaselineOption = ExplainSpec.baseline,
     fit: o.FitOption = o.Fit(ModelSpec.fit),
     input_size: o.InputSizeOption = None,
+    normalize: o.NormalizeOption = None,
+    mean: o.MeanOption = None,
+    std: o.StdOption = None,
     batch_size: o.BatchSizeOption = "auto",
     chunk_size: o.ChunkSizeOption = ExplainSpec.chunk_size,
     max_pixels: o.MaxPixelsOption = None,
@@ -142,7 +145,7 @@ def evaluate(
         error_line(console, message)
 
     spec = o.model_spec(model, weights, checkpoint, num_classes, labels, fit, input_size,
-                        device, max_pixels)  # fmt: skip
+                        device, max_pixels, normalize=normalize, mean=mean, std=std)  # fmt: skip
     ready = prepare(
         paths, methods, spec, explain, families=families, steps=steps, stages=sanity_stages,
         seed=seed, batch_size=parsed_batch_size, boxes=boxes,

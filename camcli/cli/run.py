@@ -53,6 +53,9 @@ def run(
     ] = "jet",
     fit: o.FitOption = o.Fit(ModelSpec.fit),
     input_size: o.InputSizeOption = None,
+    normalize: o.NormalizeOption = None,
+    mean: o.MeanOption = None,
+    std: o.StdOption = None,
     batch_size: o.BatchSizeOption = "auto",
     aug_smooth: Annotated[
         bool,
@@ -195,7 +198,7 @@ def run(
             "once they have all finished"
         )
     spec = o.model_spec(model, weights, checkpoint, num_classes, labels, fit, input_size, device,
-                        max_pixels, head)  # fmt: skip
+                        max_pixels, head, normalize, mean, std)  # fmt: skip
     explain = ExplainSpec(method=method, layers=tuple(layer or ()), targets=tuple(target or ()),
                           top_k=top_k, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
                           precision=precision.value, chunk_size=chunk_size, threshold=threshold,

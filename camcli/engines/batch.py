@@ -32,6 +32,7 @@ from camcli.errors import CamcliError, InputError
 from camcli.explain import Explainer, to_model_input
 from camcli.images import Box, Preprocess, load_image, model_view
 from camcli.models import LoadedModel
+from camcli.models.onnx import is_onnx_path
 from camcli.outfolder import Key, OutputFolder, Record
 from camcli.render import Rect, draw_box, image_box, overlay, saliency_images
 from camcli.sources import Source
@@ -445,6 +446,16 @@ def run_settings(
             "size": stat.st_size,
             "mtime": stat.st_mtime_ns,
         }
+    spec = loaded.spec
+    if spec is not None and is_onnx_path(spec.model):  # the model file, as a checkpoint counts
+        stat = Path(spec.model).expanduser().stat()
+        settings["model_file"] = {
+            "path": os.path.abspath(Path(spec.model).expanduser()),
+            "size": stat.st_size,
+            "mtime": stat.st_mtime_ns,
+        }
+    if spec is not None and (spec.normalize or spec.mean or spec.std):
+        settings.update(mean=list(preprocess.mean), std=list(preprocess.std))
     if not explainer.method.pixel_space and any(f in ("jpg", "png") for f in config.formats):
         settings.update(alpha=config.alpha, colormap=config.colormap)
     return settings

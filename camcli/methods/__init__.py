@@ -231,6 +231,11 @@ def method_names() -> list[str]:
     return list(METHODS)
 
 
+def gradient_free_methods() -> list[str]:
+    """The methods that need no gradients: all that run on a model without autograd (ONNX)."""
+    return [name for name, info in METHODS.items() if not info.needs_grad]
+
+
 def get_method_class(name: str) -> type:
     info = METHODS.get(name.lower())
     if info is None:
