@@ -238,9 +238,10 @@ class BatchWork:
         except RuntimeError as exc:  # out of memory, a model that fails on this input...
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "RuntimeError"
             return self.error(source, f"{source.display}: model failed ({reason})")
-        except (OSError, CamcliError) as exc:
+        except Exception as exc:  # a full disk (FFmpeg's writes too), a bug: this video only
+            what = "cannot write output" if isinstance(exc, OSError | CamcliError) else "failed"
             reason = str(exc) if isinstance(exc, CamcliError) else f"{type(exc).__name__}: {exc}"
-            return self.error(source, f"{source.display}: cannot write output ({reason})")
+            return self.error(source, f"{source.display}: {what} ({reason})")
 
     def _base(self, source: Source) -> Record:
         return {

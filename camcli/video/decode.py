@@ -62,6 +62,8 @@ def _reason(exc: BaseException) -> str:
         return "no such file"
     if isinstance(exc, PermissionError):
         return "permission denied"
+    if isinstance(exc, av.error.EOFError):
+        return "no frames (the file ends before its first)"
     if isinstance(exc, av.error.InvalidDataError):
         return "not a video, or truncated before its first frame (FFmpeg: invalid data)"
     text = str(exc).strip() or type(exc).__name__

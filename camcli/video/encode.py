@@ -58,7 +58,9 @@ class _Audio:
             self.note = f"{name}, copied"
         else:
             self.stream = output.add_stream("aac", rate=stream.rate or 48000)
-            self.stream.layout = stream.layout.name if stream.layout else "stereo"
+            # AAC takes a named layout; a stream that only counts its channels gets one.
+            channels = stream.codec_context.channels or 2
+            self.stream.layout = "mono" if channels == 1 else "stereo"
             self.resampler = av.AudioResampler(format="fltp", layout=self.stream.layout,
                                                rate=self.stream.rate)  # fmt: skip
             self.note = f"aac, re-encoded from {name}"
@@ -90,7 +92,7 @@ class _Audio:
                 for frame in packet.decode():
                     for resampled in self.resampler.resample(frame):
                         self.output.mux(self.stream.encode(resampled))
-        if not self.copy:
+        if not self.copy and seconds is None:  # the encoder's last frames, once
             with contextlib.suppress(av.error.FFmpegError, ValueError):
                 for resampled in self.resampler.resample(None):
                     self.output.mux(self.stream.encode(resampled))
