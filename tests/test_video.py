@@ -145,7 +145,9 @@ def test_every_fps_a_fixed_target_and_smoothing(tiny_checkpoint, clip, tmp_path)
     fixed = tmp_path / "fixed"
     run([path], tiny_checkpoint, fixed, formats=("npy",), targets=("blue",))
     lines = [
-        json.loads(x) for x in (fixed / "clip.mp4.gradcam.class2.jsonl").read_text().split("\n") if x
+        json.loads(x)
+        for x in (fixed / "clip.mp4.gradcam.class2.jsonl").read_text().split("\n")
+        if x
     ]
     assert {(x["class_index"], x["label"]) for x in lines} == {(2, "blue")}
     assert all(x["score"] < 0.5 for x in lines)
@@ -251,14 +253,16 @@ def test_bad_videos_are_one_line_errors_and_a_cut_video_keeps_its_frames(tiny_ch
 # -- stops and full disks leave nothing partial -----------------------------------------------
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)]
+)
 def test_a_signal_mid_video_leaves_nothing_of_it_and_a_resume_finishes_it(signum,
                                                                           tiny_checkpoint,
                                                                           tmp_path):  # fmt: skip
     folder = tmp_path / "in"
     folder.mkdir()
     Image.fromarray(synthetic.dataset(1, seed=1)[0][0]).save(folder / "a.png")
-    images, _ = square_frames(60, W, H)
+    images, _ = square_frames(40, W, H)
     write_clip(folder / "b.mp4", images, rate=25)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "camcli", "run", str(folder), "-o", str(out), "--json",
