@@ -53,7 +53,7 @@ def write_clip(path: Path, images: list[np.ndarray], rate: int = 10, rotation: i
             samples = 16000 * len(images) // rate
             tone = (0.3 * np.sin(np.arange(samples) * 2 * np.pi * 440 / 16000)).astype(np.float32)
             fmt = sound.codec_context.format.name
-            data = tone[None] if fmt.endswith("p") or fmt == "flt" else tone[None]
+            data = tone[None]  # planar or packed, one channel lays out alike
             if fmt.startswith("s16"):
                 data = (tone * 32767).astype(np.int16)[None]
             frame = av.AudioFrame.from_ndarray(data, format=fmt, layout="mono")

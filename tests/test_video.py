@@ -346,3 +346,49 @@ def test_shards_split_videos_by_file_and_merge(tiny_checkpoint, tmp_path):
     assert sorted(Path(r["input"]).name for r in found) == [f"v{i}.mp4" for i in range(4)]
     assert [r["label"] for r in sorted(found, key=lambda r: r["input"])] == [
         "red", "green", "blue", "red"]  # fmt: skip
+
+
+# -- the report: the video beside its first frame, the score over time ------------------------
+
+
+@pytest.mark.browser
+def test_the_report_plays_the_overlay_video_beside_its_first_frame_with_a_score_plot(
+    tiny_checkpoint, clip, tmp_path
+):
+    from playwright.sync_api import sync_playwright
+    from test_report import FLAGS, chromium
+
+    from camcli.report.run import write_run_report
+
+    path, _ = clip
+    out = tmp_path / "out"
+    assert run([path], tiny_checkpoint, out, formats=("jpg",)).ok == 1
+    report, shown, failed = write_run_report(out)
+    assert (shown, failed) == (1, 0)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 2000})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(report.as_uri())
+            still = page.locator("#grid .row img")
+            assert still.count() == 1
+            page.wait_for_function("() => document.images[0].complete")
+            assert page.evaluate("document.images[0].naturalWidth") == 64  # the first frame
+            video = page.locator("#grid .row video")
+            assert video.count() == 1
+            assert video.get_attribute("src") == "clip.mp4.gradcam.top1.mp4"
+            page.wait_for_function("() => document.querySelector('video').readyState >= 1",
+                                   timeout=20000)  # fmt: skip
+            shape = page.evaluate(
+                "(v => [v.videoWidth, v.videoHeight, v.duration])(document.querySelector('video'))"
+            )
+            assert shape[:2] == [64, 48] and abs(shape[2] - 2.0) < 0.15
+            points = page.get_attribute("#grid svg.plot polyline", "points").split()
+            assert len(points) == 20  # one per explained frame
+            ys = [float(p.split(",")[1]) for p in points]
+            assert all(0 <= y < 40 for y in ys)  # scores above 0.5 on an 80 px high plot
+            assert errors == []
+        finally:
+            browser.close()

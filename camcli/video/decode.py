@@ -178,3 +178,10 @@ class VideoReader:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def first_frame(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
+    """A video's first frame, RGB in display orientation (the report's still of it). Raises
+    InputError as ``VideoReader`` does."""
+    with VideoReader(Path(path), max_pixels) as reader:
+        return next(reader.frames()).rgb
