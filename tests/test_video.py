@@ -392,3 +392,48 @@ def test_the_report_plays_the_overlay_video_beside_its_first_frame_with_a_score_
             assert errors == []
         finally:
             browser.close()
+
+
+# -- camcli check: a class or a peak in a box over a range of frames --------------------------
+
+
+def test_check_specs_name_a_video_and_expect_a_class_and_a_box_over_frames(tiny_checkpoint,
+                                                                          clip, tmp_path):  # fmt: skip
+    path, boxes = clip
+    # The square's span over frames 0-3, with a margin of a map cell (4 px).
+    x0 = max(0, min(b[0] for b in boxes[:4]) - 4)
+    x1 = max(b[2] for b in boxes[:4]) + 4
+    y0, y1 = boxes[0][1] - 4, boxes[0][3] + 4
+    spec = tmp_path / "video.toml"
+    spec.write_text(
+        "[model]\n"
+        f"model = {json.dumps(str(tiny_checkpoint['model']))}\n"
+        f"checkpoint = {json.dumps(str(tiny_checkpoint['checkpoint']))}\n"
+        f"labels = {json.dumps(str(tiny_checkpoint['labels']))}\n"
+        'input_size = 64\nfit = "stretch"\ndevice = "cpu"\nbatch_size = 4\n\n'
+        f'[[case]]\nname = "red, left"\nimage = "{path.name}"\nframes = [0, 3]\n'
+        f'expect_class = "red"\nbox = [{x0}, {y0}, {x1}, {y1}]\n\n'
+        f'[[case]]\nname = "red, left, late"\nimage = "{path.name}"\nframes = [10, 19]\n'
+        f"box = [{x0}, {y0}, {x1}, {y1}]\n\n"
+        f'[[case]]\nname = "green"\nimage = "{path.name}"\nexpect_class = "green"\n\n'
+        f'[[case]]\nname = "past the end"\nimage = "{path.name}"\nframes = [15, 40]\n'
+        'expect_class = "red"\n'
+    )
+    done = camcli(["check", spec, "--json"])
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    cases = {c["name"]: c for c in report["cases"]}
+    assert cases["red, left"]["passed"] is True
+    late = cases["red, left, late"]
+    assert late["passed"] is False
+    [pointing] = [e for e in late["expectations"] if e["expectation"] == "pointing"]
+    assert pointing["message"].startswith("pointing: measured frame 10: ")
+    assert " (10 of 10 frames fail), expected" in pointing["message"]
+    green = cases["green"]
+    [outcome] = [e for e in green["expectations"] if e["expectation"] == "class"]
+    assert not outcome["passed"] and outcome["message"].startswith("class: measured frame 0: ")
+    assert "(20 of 20 frames fail)" in outcome["message"]
+    assert cases["past the end"]["passed"] is False
+    assert cases["past the end"]["error"] == (
+        f"{path}: frames 15 to 40 asked for, the video has 20"
+    )
