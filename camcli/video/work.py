@@ -118,7 +118,11 @@ class VideoJob:
         self.writers.extend(self.logs.values())
         self.arrays: dict[str, NpyStream] = {}
         self.smoothers = [MapSmoother(self.config.smooth_frames) for _ in self.targets]
-        self.history: list[list[tuple[int, float]]] = [[] for _ in self.targets]
+        # Per target: how many explained frames had each class, and their scores' sum (a
+        # two-hour video's predictions are in the sidecar, not in memory).
+        self.counts: list[Counter[int]] = [Counter() for _ in self.targets]
+        self.sums: list[Counter[int]] = [Counter() for _ in self.targets]
+        self.explained = 0
         box_holder: list[Box] = []
 
         decode = _Stage("camcli-video-decode",
@@ -219,12 +223,14 @@ class VideoJob:
                     current = [self.smoothers[t](item.maps[k, t]) for t in range(len(self.targets))]
                     for t, target in enumerate(self.targets):
                         index, score = int(item.classes[k, t]), float(item.scores[k, t])
-                        self.history[t].append((index, score))
+                        self.counts[t][index] += 1
+                        self.sums[t][index] += score
                         self.logs[target.tag].write({
                             "frame": frame.index, "time": frame.time, "class_index": index,
                             "label": loaded.label(index), "score": round(score, 6),
                         })  # fmt: skip
                     k += 1
+                    self.explained += 1
                 for t, target in enumerate(self.targets):
                     paths = self.paths[target.tag]
                     if "npy" in paths:
@@ -243,7 +249,7 @@ class VideoJob:
         audio = next(iter(self.videos.values())).audio_note if self.videos else None
         video = {
             "frames": reader.decoded,
-            "explained": len(self.history[0]) if self.history else 0,
+            "explained": self.explained,
             "fps": round(float(info.rate), 6),
             "duration": round(reader.decoded / float(info.rate), 6),
             "width": info.width,
@@ -254,9 +260,8 @@ class VideoJob:
         }
         records = []
         for t, target in enumerate(self.targets):
-            history = self.history[t]
-            index = Counter(c for c, _ in history).most_common(1)[0][0]
-            mean = float(np.mean([s for c, s in history if c == index]))
+            index = self.counts[t].most_common(1)[0][0]
+            mean = self.sums[t][index] / self.counts[t][index]
             record = dict(self.base)
             record.update(status="ok", error=None,
                           outputs=[str(p) for p in self.paths[target.tag].values()],
