@@ -108,14 +108,14 @@ class VideoJob:
         size = max(1, self.config.batch_size)
         decoded: queue.Queue[Any] = queue.Queue(maxsize=2 * size)
         explained: queue.Queue[Any] = queue.Queue(maxsize=2)
-        self.videos = {
-            tag: VideoWriter(p["mp4"], self.temp_dir, info, reader.path)
-            for tag, p in self.paths.items()
-            if "mp4" in p
-        }
-        self.writers.extend(self.videos.values())
-        self.logs = {tag: PredictionLog(p["jsonl"], self.temp_dir) for tag, p in self.paths.items()}
-        self.writers.extend(self.logs.values())
+        self.videos: dict[str, VideoWriter] = {}
+        self.logs: dict[str, PredictionLog] = {}
+        for tag, paths in self.paths.items():  # each in ``writers`` at once: aborted on failure
+            if "mp4" in paths:
+                self.videos[tag] = VideoWriter(paths["mp4"], self.temp_dir, info, reader.path)
+                self.writers.append(self.videos[tag])
+            self.logs[tag] = PredictionLog(paths["jsonl"], self.temp_dir)
+            self.writers.append(self.logs[tag])
         self.arrays: dict[str, NpyStream] = {}
         self.smoothers = [MapSmoother(self.config.smooth_frames) for _ in self.targets]
         # Per target: how many explained frames had each class, and their scores' sum (a
@@ -143,8 +143,15 @@ class VideoJob:
         for stage in (decode, encode):
             if stage.error is not None:
                 raise stage.error
-        for writer in self.writers:
-            writer.commit()
+        committed: list[Path] = []
+        try:
+            for writer in self.writers:
+                writer.commit()
+                committed.append(writer.path)
+        except BaseException:  # the video's files come all together or not at all
+            for path in committed:
+                path.unlink(missing_ok=True)
+            raise
         return self._records(info, reader)
 
     def _put(self, q: queue.Queue[Any], item: Any, consumer: _Stage) -> None:
