@@ -111,6 +111,11 @@ class RunConfig:
     skip_existing: bool = False
     workers: int = field(default_factory=all_cores)
     shard: Shard | None = None  # --shard I/N: its own manifest part, lock and temp folder
+    # Videos: explain every N-th frame, or F frames per second (None: by ``every``); the maps
+    # of the last K explained frames averaged (1: no smoothing).
+    every: int = 1
+    fps: float | None = None
+    smooth_frames: int = 1
 
 
 @dataclass

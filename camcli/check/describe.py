@@ -42,6 +42,8 @@ def report_data(report: CheckReport) -> dict[str, Any]:
             "peak": list(r.peak) if r.peak else None,
             "expectations": [_outcome_json(o) for o in r.outcomes],
         }
+        if r.case.frames is not None:
+            row["frames"] = list(r.case.frames)
         if r.baseline_update is not None:
             row["baseline_update"] = r.baseline_update
         if r.failure_files:

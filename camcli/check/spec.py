@@ -23,6 +23,7 @@ from camcli.config import CPU_BATCH_SIZE, ExplainSpec, ModelSpec
 from camcli.errors import InputError, UsageError
 from camcli.images import load_image
 from camcli.methods import METHODS
+from camcli.sources import is_video_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,6 +54,7 @@ DEFAULT_KEYS = ("top_k", "min_score", "pointing", "min_energy", "min_similarity"
 CASE_KEYS = (
     "name",
     "image",
+    "frames",
     "target",
     "expect_class",
     "top_k",
@@ -109,6 +111,13 @@ class CaseSpec:
     target: Any = None  # camcli.targets.Target, resolved with the model
     insertion_auc_min: float | None = None  # camcli.check.faithfulness
     deletion_auc_max: float | None = None
+    #: A video case: its frames ``[first, last]`` (inclusive, 0-based; None: every frame),
+    #: each of which must meet the expectations.
+    frames: tuple[int, int] | None = None
+
+    @property
+    def video(self) -> bool:
+        return self.image is not None and is_video_name(self.image)
 
     @property
     def label(self) -> str:
@@ -321,6 +330,14 @@ def _black_box_values(reader: _Reader, where: str, table: dict[str, Any]) -> dic
     return values
 
 
+def _video_size(path: Path) -> tuple[int, int]:
+    """A video's frame size as displayed (width, height); InputError as for a bad image."""
+    from camcli.video.decode import VideoReader
+
+    with VideoReader(path) as reader:
+        return reader.info.width, reader.info.height
+
+
 def _box(reader: _Reader, where: str, value: Any, key: str) -> tuple[float, ...] | None:
     if (
         not isinstance(value, list)
@@ -393,10 +410,29 @@ def _case(
     size = None
     if image is not None:
         try:
-            size = load_image(image).size
+            size = _video_size(image) if case.video else load_image(image).size
             case.image_size = size
         except InputError as exc:
             reader.problem(where, f"image {exc.message}")
+    if "frames" in table:
+        frames = table["frames"]
+        if not case.video:
+            reader.problem(where, 'frames needs a video (image = "clip.mp4")')
+        elif (
+            not isinstance(frames, list)
+            or len(frames) != 2
+            or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 0 for f in frames)
+            or frames[0] > frames[1]
+        ):
+            reader.problem(
+                where, f"frames must be [first, last], 0 <= first <= last, got {frames!r}"
+            )
+        else:
+            case.frames = (frames[0], frames[1])
+    if case.video:
+        for key in ("baseline", "insertion_auc_min", "deletion_auc_max"):
+            if key in table:
+                reader.problem(where, f"{key} needs an image, not a video")
 
     target = table.get("target")
     if target is not None:

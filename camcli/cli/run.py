@@ -90,6 +90,27 @@ def run(
             show_default=False,
         ),
     ] = None,
+    every: Annotated[
+        int, typer.Option(help="Videos: explain every N-th frame; the others carry its map.", min=1)
+    ] = 1,
+    fps: Annotated[
+        float | None,
+        typer.Option(
+            "--fps",
+            help="Videos: explain F frames per second of video (instead of --every).",
+            metavar="F",
+            min=0.001,
+            show_default=False,
+        ),
+    ] = None,
+    smooth_frames: Annotated[
+        int,
+        typer.Option(
+            help="Videos: average the maps of the last K explained frames (1: off).",
+            metavar="K",
+            min=1,
+        ),
+    ] = 1,
     quiet: o.QuietOption = False,
     json_lines: o.JsonOption = False,
     engine: Annotated[
@@ -191,7 +212,12 @@ def run(
         batch_size=parse_batch_size(batch_size),
         skip_existing=skip_existing,
         shard=parsed_shard,
+        every=every,
+        fps=fps,
+        smooth_frames=smooth_frames,
     )
+    if fps is not None and every != 1:
+        raise UsageError("--fps and --every both choose the frames to explain: give one")
     if report and parsed_shard is not None:
         raise UsageError(
             "--report with --shard: shards write into OUT at once; run camcli report OUT "

@@ -43,7 +43,7 @@ def _pictures(result: CaseResult, folder: Path, compare: bool) -> list[tuple[str
         return []
     case = result.case
     try:
-        image = np.asarray(load_image(case.image))
+        image = result.frame if result.frame is not None else np.asarray(load_image(case.image))
     except InputError as exc:
         return [("current map", exc.message)]
     maps: list[tuple[str, str, np.ndarray | str]] = [("current map", "", result.cam)]
