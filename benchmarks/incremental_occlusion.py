@@ -88,7 +88,8 @@ def call_times(model: nn.Module, batch: int, repeats: int) -> tuple[list[float],
             handles.append(module.register_forward_pre_hook(
                 lambda _m, _i: pending.append(time.perf_counter())))  # fmt: skip
             handles.append(module.register_forward_hook(
-                lambda _m, _i, _o: elapsed.append(time.perf_counter() - pending.pop())))  # fmt: skip
+                lambda _m, _i, _o: elapsed.append(time.perf_counter() - pending.pop())
+            ))  # fmt: skip
     images = torch.randn(batch, 3, SIZE, SIZE)
     totals = []
     with torch.inference_mode():

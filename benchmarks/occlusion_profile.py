@@ -7,9 +7,10 @@ non-incremental occlusion.
     .venv/bin/python benchmarks/occlusion_profile.py plain --batch 16
 
 The model is torchvision's resnet50 with seeded random weights (``torch.manual_seed(0)``,
-``weights=None``) in eval mode, NCHW fp32, as a user passes it to captum; the image is --image
-resized to 224 px and ImageNet-normalised (default: random, seed 0); window 32, stride 16, baseline 0 on all three channels (169
-window positions, 13 x 13), target the top-1 class of the unoccluded image.
+``weights=None``) in eval mode, NCHW fp32, as a user passes it to captum; the image is
+--image resized to 224 px and ImageNet-normalised (default: random, seed 0); window 32,
+stride 16, baseline 0 on all three channels (169 window positions, 13 x 13), target the
+top-1 class of the unoccluded image.
 
 - ``captum``: ``Occlusion(model).attribute(x, sliding_window_shapes=(3, 32, 32),
   strides=(3, 16, 16), baselines=0, target=top1, perturbations_per_eval=k)`` for each k, the
@@ -138,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16, help="plain occlusion's batch size")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--image", type=Path, help="an image (default: random, seed 0)")
-    parser.add_argument("--compare-ppe", type=int, default=0,
-                        help="plain: also run captum at this ppe and report the map difference")  # fmt: skip
+    parser.add_argument(
+        "--compare-ppe", type=int, default=0,
+        help="plain: also run captum at this ppe and report the map difference",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     model, x, target = model_and_image(args.image)
     windows = len(positions()) ** 2
@@ -171,17 +174,18 @@ def main(argv: list[str] | None = None) -> int:
         fast = fused(model)
         with torch.inference_mode():  # warm-up: one batch, not the whole map
             fast(x.repeat(args.batch, 1, 1, 1).contiguous(memory_format=torch.channels_last))
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         ours, forwarded = plain_map(fast, x, target, args.batch)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         record = {**base, "contender": "plain batched, channels-last, BN folded",
-                  "batch": args.batch, "seconds": round(seconds, 3),
+                  "batch": args.batch, "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
                   "ms_per_image": round(1000 * seconds / forwarded, 2)}  # fmt: skip
         if args.compare_ppe:
             with torch.no_grad():
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 ref = captum_map(model, x, target, args.compare_ppe)[0, 0]
                 record["captum_seconds"] = round(time.perf_counter() - start, 3)
+                record["captum_cpu_seconds"] = round(time.process_time() - cpu, 3)
             peak = float(ref.abs().max())
             record["max_diff_over_peak"] = float((ours - ref).abs().max()) / max(peak, 1e-12)
         print(json.dumps(record), flush=True)
