@@ -23,6 +23,10 @@ top-1 class of the unoccluded image.
   ``torch.fx``'s ``fuse``): the floor of any occlusion that recomputes every occluded image
   in full. Prints its time, time per forwarded image, and the map's largest difference from
   captum's (same formula: each pixel averages the score drops of the windows covering it).
+- ``passes``: one forward pass at --batch images in captum's form (NCHW, ``no_grad``, batch
+  norms separate) and in the plain loop's (channels-last, ``inference_mode``, folded),
+  interleaved, medians of --repeats (at least 3): the per-pass gain, which bounds the whole
+  ratio of a non-incremental occlusion over captum.
 
 Each prints one JSON line per measurement on stdout. The model's first forward (for the
 target) is the only warm-up: a captum call is 170 forwards, minutes on 2 shared cores.
@@ -133,7 +137,7 @@ def plain_map(model, x: torch.Tensor, target: int, batch: int) -> tuple[torch.Te
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("captum", "forward", "plain"))
+    parser.add_argument("what", choices=("captum", "forward", "plain", "passes"))
     parser.add_argument("--ppe", default="1,8,16,32,64", help="captum perturbations_per_eval")
     parser.add_argument("--batches", default="1,4,8,16,32,64", help="forward batch sizes")
     parser.add_argument("--batch", type=int, default=16, help="plain occlusion's batch size")
@@ -170,6 +174,31 @@ def main(argv: list[str] | None = None) -> int:
                               "ms_per_image": round(1000 * seconds / b, 2),
                               "captum_estimate_s": round(seconds / b * (windows + 1), 1)}),
                   flush=True)  # fmt: skip
+    elif args.what == "passes":
+        fast = fused(model)
+        images = torch.randn(args.batch, 3, SIZE, SIZE)
+        last = images.contiguous(memory_format=torch.channels_last)
+
+        def captum_pass():
+            with torch.no_grad():
+                model(images)
+
+        def plain_pass():
+            with torch.inference_mode():
+                fast(last)
+
+        captum_pass(), plain_pass()  # warm-up
+        times: dict[str, list[float]] = {"captum": [], "plain": []}
+        for _ in range(max(args.repeats, 3)):  # round-robin: drifts hit both alike
+            for name, fn in (("captum", captum_pass), ("plain", plain_pass)):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+        ours, theirs = statistics.median(times["plain"]), statistics.median(times["captum"])
+        print(json.dumps({**base, "contender": "one forward pass, interleaved",
+                          "batch": args.batch, "captum_form_s": round(theirs, 3),
+                          "plain_form_s": round(ours, 3), "ratio": round(theirs / ours, 3)}),
+              flush=True)  # fmt: skip
     else:
         fast = fused(model)
         with torch.inference_mode():  # warm-up: one batch, not the whole map
