@@ -77,7 +77,8 @@ def camcli_missing(*flags: str, method: str) -> str | None:
     listed = subprocess.run(
         [*camcli_cmd(), "methods"], env=_env(), capture_output=True, text=True
     ).stdout
-    if method not in listed.split():
+    names = {line.split()[0] for line in listed.splitlines() if line.strip()}
+    if method not in names:
         return f"camcli methods does not list {method} on this branch"
     return None
 
