@@ -46,6 +46,8 @@ ROWS = (
     "gpu_e2e",
     "evaluate",
     "video",
+    "rise",
+    "occlusion",
 )
 
 
@@ -430,6 +432,26 @@ def row_evaluate(bench: Bench) -> None:
         "mean insertion AUC, camcli - torchcam (different Grad-CAM targets)",
         f"{ours['insertion_auc'] - tc['insertion_auc']:+.2e}",
     )
+
+
+def row_rise(bench: Bench) -> None:
+    """Issue 24: RISE on a resnet18 ONNX export, camcli against OpenVINO XAI (black_box_rows)."""
+    sys.path.insert(0, str(HERE))
+    from black_box_rows import rise
+
+    if bench.device != "cpu":
+        raise RuntimeError("the rise row runs on the CPU only (--device cpu)")
+    rise(bench.add, bench.workdir, bench.quick)
+
+
+def row_occlusion(bench: Bench) -> None:
+    """Issue 24: occlusion on resnet50, camcli against captum's Occlusion (black_box_rows)."""
+    sys.path.insert(0, str(HERE))
+    from black_box_rows import occlusion
+
+    if bench.device != "cpu":
+        raise RuntimeError("the occlusion row runs on the CPU only (--device cpu)")
+    occlusion(bench.add, bench.workdir, bench.quick)
 
 
 # --- processes --------------------------------------------------------------------------------
