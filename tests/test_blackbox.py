@@ -370,3 +370,32 @@ def test_occlusion_localises_on_the_trained_model(tiny_model):
 @pytest.mark.slow
 def test_rise_localises_on_the_trained_model(tiny_model):
     assert _hits(tiny_model, "rise", 8, masks=1500) >= 7
+
+
+def test_drise_on_a_torchvision_detector_equals_its_formula():
+    """A random-weight Faster R-CNN made to find boxes (as tests/test_detection.py): the map
+    from the detections of the same masked batch, recomputed here box by box in float64."""
+    from camcli.models import load_model
+    from camcli.targets import apply_head
+
+    n, size = 6, 128
+    loaded = apply_head(load_model("fasterrcnn_mobilenet_v3_large_320_fpn", weights="none",
+                                   device="cpu", input_size=size))  # fmt: skip
+    with torch.no_grad():
+        loaded.model.roi_heads.box_predictor.cls_score.bias[1] = 4.0
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    explainer = Explainer(loaded, "drise", masks=n, chunk_size=n, score_threshold=0.3)
+    result = explainer.explain(x, [Target(box=1)])
+    assert result.present.all() and result.details == [{"masks": n}]
+    box, label = np.array(result.boxes[0][0]), int(result.class_indices[0, 0])
+    masks = MaskSet(0, 16, 0.5, (size, size)).masks(0, n, CPU)
+    with torch.inference_mode():
+        found = loaded.model(x * masks[:, None])  # the same batch as the method's one chunk
+    weights = [
+        max((iou(box, d.double().numpy()) * float(s) * (int(c) == label)
+             for d, s, c in zip(f["boxes"], f["scores"], f["labels"], strict=True)), default=0.0)
+        for f in found
+    ]  # fmt: skip
+    assert any(weights)
+    expected = np.einsum("n,nhw->hw", np.array(weights), masks.double().numpy()) / (n * 0.5)
+    np.testing.assert_allclose(result.maps[0, 0], expected, atol=1e-5 * expected.max())
