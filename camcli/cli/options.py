@@ -237,7 +237,6 @@ def channels(text: str | None, flag: str) -> tuple[float, ...] | None:
         ) from None
 
 
-
 # The black-box methods' options (rise, drise, occlusion), shared by run and evaluate.
 MasksOption = Annotated[
     str,
