@@ -129,9 +129,10 @@ def test_a_hook_that_replaces_a_tensor_runs_the_rest_of_the_graph_from_it(pair):
     assert not tap._forward_hooks  # removed
 
 
-def nhwc_model(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A fixed (1, 32, 32, 3) NHWC graph: transpose, 3x3 conv, ReLU, global pooling, Gemm;
-    returns its weights (conv w, conv b, head w (K, C), head b)."""
+def nhwc_model(path: Path, head: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A fixed (1, 32, 32, 3) NHWC graph: transpose, 3x3 conv, ReLU, global pooling, and a
+    ``Gemm`` or ``MatMul`` + ``Add`` head; returns its weights (conv w, conv b, head w (K, C),
+    head b)."""
     rng = np.random.default_rng(0)
     conv_w = rng.normal(size=(8, 3, 3, 3)).astype(np.float32)
     conv_b = rng.normal(size=8).astype(np.float32)
@@ -145,8 +146,12 @@ def nhwc_model(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         oh.make_node("Relu", ["conv"], ["features"]),
         oh.make_node("GlobalAveragePool", ["features"], ["pooled"]),
         oh.make_node("Flatten", ["pooled"], ["flat"]),
-        oh.make_node("Gemm", ["flat", "hw", "hb"], ["scores"]),
     ]
+    if head == "gemm":
+        nodes.append(oh.make_node("Gemm", ["flat", "hw", "hb"], ["scores"]))
+    else:
+        nodes.append(oh.make_node("MatMul", ["flat", "hw"], ["product"]))
+        nodes.append(oh.make_node("Add", ["product", "hb"], ["scores"]))
     graph = oh.make_graph(
         nodes, "nhwc",
         [oh.make_tensor_value_info("pixels", TensorProto.FLOAT, [1, 32, 32, 3])],
@@ -159,9 +164,10 @@ def nhwc_model(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     return conv_w, conv_b, head_w.T, head_b
 
 
-def test_nhwc_fixed_size_and_batch_of_one_cam_from_the_gemm_head(tmp_path):
+@pytest.mark.parametrize("head", ["gemm", "matmul"])
+def test_nhwc_fixed_size_and_batch_of_one_cam_from_the_linear_head(tmp_path, head):
     path = tmp_path / "nhwc.onnx"
-    conv_w, conv_b, head_w, head_b = nhwc_model(path)
+    conv_w, conv_b, head_w, head_b = nhwc_model(path, head)
     loaded = load_model(str(path), device="cpu")
     assert loaded.preprocess.crop_size == 32  # the graph's fixed size
     assert loaded.labels == ["a", "b", "c", "d", "e"]  # metadata "names", Ultralytics' form
