@@ -101,6 +101,19 @@ def test_gradient_free_methods_give_the_torch_models_maps(pair, method):
     assert float(np.abs(ours.maps - theirs.maps).max()) <= 1e-4 * max(peak, 1e-6)
 
 
+def test_torch_module_names_name_the_same_tensors_of_the_export(pair):
+    """``--layer layer3`` on the export: the tensor torch.onnx.export recorded as that module's
+    last output (its name scopes), with the torch model's maps."""
+    onnx_model, torch_model = pair
+    assert onnx_model.model.layer_aliases["layer4"] == "relu_16"
+    batch = batch_of(2, seed=5)
+    ours = explain(onnx_model, batch, method="eigencam", layers=["layer3"])
+    theirs = explain(torch_model, batch, method="eigencam", layers=["layer3"])
+    assert ours.maps.shape == theirs.maps.shape == (2, 1, 4, 4)
+    peak = float(np.abs(theirs.maps).max())
+    assert float(np.abs(ours.maps - theirs.maps).max()) <= 1e-4 * peak
+
+
 def test_gradient_methods_are_refused_in_one_line_naming_those_that_work(pair):
     onnx_model, _ = pair
     with pytest.raises(UsageError) as caught:
@@ -336,8 +349,9 @@ REFUSALS = {
 @pytest.mark.parametrize("kind", list(REFUSALS))
 def test_each_unusable_file_is_one_line_naming_it(kind, exported, tmp_path):
     path = bad_file(kind, tmp_path, exported)
+    image = random_image(tmp_path / "img.png")
     result = runner.invoke(
-        app, ["run", str(tmp_path), "-m", str(path), "--method", "eigencam", "-o",
+        app, ["run", str(image), "-m", str(path), "--method", "eigencam", "-o",
               str(tmp_path / "out"), "--device", "cpu"],
     )  # fmt: skip
     assert result.exit_code == 2, result.output
