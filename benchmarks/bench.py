@@ -48,6 +48,7 @@ ROWS = (
     "video",
     "rise",
     "occlusion",
+    "onnx",
 )
 
 
@@ -394,6 +395,38 @@ def row_scorecam(bench: Bench) -> None:
         f"{t_low * 1000:.0f} ms",
     )  # fmt: skip
     bench.add("scorecam", f"camcli {precision} speed-up over torchcam", f"{t_tc / t_low:.2f}x")
+
+
+def row_onnx(bench: Bench) -> None:
+    """Eigen-CAM and Ablation-CAM on resnet18 exported to ONNX (ONNX Runtime) against the same
+    model in torch as camcli runs it, batch 16 (4 with --quick), 224 px."""
+    import torch
+
+    from camcli.explain import Explainer
+    from camcli.models import load_model
+    from camcli.models.torchvision import seeded_build
+    from camcli.targets import Target
+
+    path = bench.workdir / "resnet18.onnx"
+    if not path.exists():
+        torch.onnx.export(
+            seeded_build("resnet18", None).eval(), (torch.zeros(2, 3, 224, 224),), str(path),
+            dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+        )  # fmt: skip
+    exported = load_model(str(path), device=bench.device, progress=False)
+    native = _loaded(bench, "resnet18")
+    size = 4 if bench.quick else 16
+    x = torch.randn(size, 3, 224, 224, device=bench.device)
+    for method, batch in (("eigencam", x), ("ablationcam", x[:1])):
+        ours, theirs = Explainer(exported, method), Explainer(native, method)
+        t_onnx, t_torch = bench.median_times(
+            [lambda e=ours, b=batch: e.explain(b, [Target(rank=1)]),
+             lambda e=theirs, b=batch: e.explain(b, [Target(rank=1)])],
+        )  # fmt: skip
+        what = f"(resnet18 b{len(batch)})"
+        bench.add("onnx", f"camcli {method} on the ONNX export {what}", f"{t_onnx * 1000:.0f} ms")
+        bench.add("onnx", f"camcli {method} on the torch model {what}", f"{t_torch * 1000:.0f} ms")
+        bench.add("onnx", f"{method}: ONNX Runtime time / torch time", f"{t_onnx / t_torch:.2f}x")
 
 
 def row_evaluate(bench: Bench) -> None:

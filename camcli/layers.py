@@ -178,6 +178,9 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     modules = dict(model.named_modules())
     if name in modules and name:
         return modules[name]
+    aliases = getattr(model, "layer_aliases", None)  # an ONNX export: torch paths -> tensors
+    if isinstance(aliases, Mapping) and aliases.get(name) in modules:
+        return modules[aliases[name]]
     names = [n for n in modules if n]
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
     if not close:

@@ -101,6 +101,19 @@ def test_gradient_free_methods_give_the_torch_models_maps(pair, method):
     assert float(np.abs(ours.maps - theirs.maps).max()) <= 1e-4 * max(peak, 1e-6)
 
 
+def test_torch_module_names_name_the_same_tensors_of_the_export(pair):
+    """``--layer layer3`` on the export: the tensor torch.onnx.export recorded as that module's
+    last output (its name scopes), with the torch model's maps."""
+    onnx_model, torch_model = pair
+    assert onnx_model.model.layer_aliases["layer4"] == "relu_16"
+    batch = batch_of(2, seed=5)
+    ours = explain(onnx_model, batch, method="eigencam", layers=["layer3"])
+    theirs = explain(torch_model, batch, method="eigencam", layers=["layer3"])
+    assert ours.maps.shape == theirs.maps.shape == (2, 1, 4, 4)
+    peak = float(np.abs(theirs.maps).max())
+    assert float(np.abs(ours.maps - theirs.maps).max()) <= 1e-4 * peak
+
+
 def test_gradient_methods_are_refused_in_one_line_naming_those_that_work(pair):
     onnx_model, _ = pair
     with pytest.raises(UsageError) as caught:
@@ -129,9 +142,10 @@ def test_a_hook_that_replaces_a_tensor_runs_the_rest_of_the_graph_from_it(pair):
     assert not tap._forward_hooks  # removed
 
 
-def nhwc_model(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A fixed (1, 32, 32, 3) NHWC graph: transpose, 3x3 conv, ReLU, global pooling, Gemm;
-    returns its weights (conv w, conv b, head w (K, C), head b)."""
+def nhwc_model(path: Path, head: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A fixed (1, 32, 32, 3) NHWC graph: transpose, 3x3 conv, ReLU, global pooling, and a
+    ``Gemm`` or ``MatMul`` + ``Add`` head; returns its weights (conv w, conv b, head w (K, C),
+    head b)."""
     rng = np.random.default_rng(0)
     conv_w = rng.normal(size=(8, 3, 3, 3)).astype(np.float32)
     conv_b = rng.normal(size=8).astype(np.float32)
@@ -145,8 +159,12 @@ def nhwc_model(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         oh.make_node("Relu", ["conv"], ["features"]),
         oh.make_node("GlobalAveragePool", ["features"], ["pooled"]),
         oh.make_node("Flatten", ["pooled"], ["flat"]),
-        oh.make_node("Gemm", ["flat", "hw", "hb"], ["scores"]),
     ]
+    if head == "gemm":
+        nodes.append(oh.make_node("Gemm", ["flat", "hw", "hb"], ["scores"]))
+    else:
+        nodes.append(oh.make_node("MatMul", ["flat", "hw"], ["product"]))
+        nodes.append(oh.make_node("Add", ["product", "hb"], ["scores"]))
     graph = oh.make_graph(
         nodes, "nhwc",
         [oh.make_tensor_value_info("pixels", TensorProto.FLOAT, [1, 32, 32, 3])],
@@ -159,9 +177,10 @@ def nhwc_model(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     return conv_w, conv_b, head_w.T, head_b
 
 
-def test_nhwc_fixed_size_and_batch_of_one_cam_from_the_gemm_head(tmp_path):
+@pytest.mark.parametrize("head", ["gemm", "matmul"])
+def test_nhwc_fixed_size_and_batch_of_one_cam_from_the_linear_head(tmp_path, head):
     path = tmp_path / "nhwc.onnx"
-    conv_w, conv_b, head_w, head_b = nhwc_model(path)
+    conv_w, conv_b, head_w, head_b = nhwc_model(path, head)
     loaded = load_model(str(path), device="cpu")
     assert loaded.preprocess.crop_size == 32  # the graph's fixed size
     assert loaded.labels == ["a", "b", "c", "d", "e"]  # metadata "names", Ultralytics' form
@@ -330,8 +349,9 @@ REFUSALS = {
 @pytest.mark.parametrize("kind", list(REFUSALS))
 def test_each_unusable_file_is_one_line_naming_it(kind, exported, tmp_path):
     path = bad_file(kind, tmp_path, exported)
+    image = random_image(tmp_path / "img.png")
     result = runner.invoke(
-        app, ["run", str(tmp_path), "-m", str(path), "--method", "eigencam", "-o",
+        app, ["run", str(image), "-m", str(path), "--method", "eigencam", "-o",
               str(tmp_path / "out"), "--device", "cpu"],
     )  # fmt: skip
     assert result.exit_code == 2, result.output

@@ -14,7 +14,8 @@ from camcli.errors import EXIT_SOME_FAILED
 @command_errors()
 def layers(
     model: Annotated[
-        str, typer.Argument(help="torchvision classifier name, timm:NAME or hf:ID_OR_DIR.")
+        str,
+        typer.Argument(help="torchvision classifier name, timm:NAME, hf:ID_OR_DIR or model.onnx."),
     ],
     input_size: o.InputSizeOption = None,
     json_out: o.JsonOption = False,

@@ -27,8 +27,8 @@ ModelOption = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="torchvision classifier name (camcli models), timm:NAME, hf:ID_OR_DIR, or "
-        "FILE.py:FACTORY.",
+        help="torchvision classifier name (camcli models), timm:NAME, hf:ID_OR_DIR, "
+        "FILE.py:FACTORY, or an ONNX file (model.onnx).",
     ),
 ]
 WeightsOption = Annotated[

@@ -27,7 +27,7 @@ import ast
 import functools
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,6 +276,29 @@ def _pooled_axes(model: Any, node: Any) -> tuple[int, ...] | None:
     return None
 
 
+def _torch_module_paths(model: Any, taps: Mapping[str, nn.Module]) -> dict[str, str]:
+    """torch module paths -> the tensor each module gave last, from the name scopes that
+    ``torch.onnx.export`` records on each node (``layer4`` -> ``relu_16``), so that a layer
+    named for the torch model names the same tensor of its export. Empty for other graphs."""
+    paths: dict[str, str] = {}
+    for node in model.graph.node:
+        scopes = next(
+            (p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None
+        )
+        outputs = [name for name in node.output if name in taps]
+        if scopes is None or not outputs:
+            continue
+        try:
+            names = ast.literal_eval(scopes)  # a list of strings: literals only, no code
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(names, list):
+            for path in names[1:-1]:  # '' (the model), the modules, the operator
+                if isinstance(path, str) and path and path not in taps:
+                    paths[path] = outputs[0]
+    return paths
+
+
 class OnnxTensor(nn.Module):
     """One intermediate tensor of the graph: called by ``OnnxModel.forward`` on the tensor's
     value so that forward hooks see it (and may replace it). Subclassed per operator type,
@@ -324,6 +347,7 @@ class OnnxModel(nn.Module):
                 elem = info.type.tensor_type.elem_type if info is not None else 0
                 if name and name != self.output and elem in _FLOAT_TYPES:
                     self._taps[name] = _tap_class(node.op_type)()
+        self.layer_aliases = _torch_module_paths(model, self._taps)
         for index, tap in enumerate(self._taps.values()):
             self.add_module(f"tap{index}", tap)  # registered for .to(), .eval(); named below
         self.declared_default_layer, head = self._find_head()
