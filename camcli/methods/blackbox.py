@@ -16,7 +16,7 @@ import torch
 
 from camcli.config import ExplainSpec
 from camcli.errors import UsageError
-from camcli.methods.base import CamContext, CamMethod
+from camcli.methods.base import CamContext, CamMethod, require_context
 from camcli.methods.masks import (
     AUTO_MAX_MASKS,
     MASK_BLOCK,
@@ -123,8 +123,7 @@ class MaskedMethod(BlackBoxMethod):
         targets: torch.Tensor,
         context: CamContext | None = None,
     ) -> torch.Tensor:
-        if context is None:
-            raise TypeError(f"{self.name} runs extra forward passes and needs a CamContext")
+        context = require_context(context, self.name)
         maps, used = self.saliency(context, targets)
         context.cache["details"] = [{"masks": count} for count in used]
         return maps

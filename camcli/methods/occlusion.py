@@ -10,7 +10,7 @@ from torch import nn
 
 from camcli.config import ExplainSpec
 from camcli.errors import UsageError
-from camcli.methods.base import CamContext
+from camcli.methods.base import CamContext, require_context
 from camcli.methods.blackbox import BlackBoxMethod, target_scores
 
 
@@ -72,8 +72,7 @@ class Occlusion(BlackBoxMethod):
         targets: torch.Tensor,
         context: CamContext | None = None,
     ) -> torch.Tensor:
-        if context is None:
-            raise TypeError("occlusion runs extra forward passes and needs a CamContext")
+        context = require_context(context, self.name)
         batch = context.batch
         n, _, h, w = batch.shape
         device = batch.device
