@@ -37,7 +37,7 @@ from camcli.errors import CamcliError, InputError
 from camcli.explain import Explainer, to_model_input
 from camcli.images import Box, Preprocess, load_image, model_view
 from camcli.models import LoadedModel
-from camcli.models.onnx import is_onnx_path
+from camcli.models.onnx.graph import is_onnx_path
 from camcli.outfolder import Key, OutputFolder, Record
 from camcli.render import Rect, draw_box, image_box, overlay, saliency_images
 from camcli.sources import Source, is_video_name

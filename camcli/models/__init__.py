@@ -29,7 +29,8 @@ from camcli.models.memory import (
     is_out_of_memory,
 )
 from camcli.models.normalize import normalized
-from camcli.models.onnx import is_onnx_path, load_onnx
+from camcli.models.onnx.graph import is_onnx_path
+from camcli.models.onnx.load import load_onnx
 from camcli.models.segmentation import load_segmentation, segmentation_models
 from camcli.models.sources import find_source, load_source_model, source_models
 from camcli.models.speed import fold_batchnorms, use_channels_last
