@@ -126,10 +126,14 @@ class Summary:
     ok: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    #: Of those explained or skipped, the videos (their records carry a "video" entry).
+    videos: int = 0
 
     def count(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Tally one input by its records (an error record, skipped ones, or its maps)."""
         first = records[0]
+        if first["status"] != "error" and "video" in first:
+            self.videos += 1
         if first["status"] == "error":
             self.failed.append((first["input"], first["error"]))
         elif first.get("skipped"):

@@ -33,6 +33,7 @@ from rich.text import Text
 from camcli.errors import CamcliWarning
 from camcli.images import display_path
 from camcli.machine_output import json_line
+from camcli.sources import is_video_name
 
 if TYPE_CHECKING:
     from camcli.config import Summary
@@ -241,8 +242,10 @@ class RunDisplay:
         done = summary.ok + summary.skipped
         skipped = f" ({summary.skipped} skipped as existing)" if summary.skipped else ""
         failed = f", {len(summary.failed)} failed" if summary.failed else ""
+        videos = summary.videos + sum(is_video_name(path) for path, _ in summary.failed)
+        inputs = "images" if not videos else "videos" if videos == summary.total else "inputs"
         self.console.print(
-            f"{done} of {summary.total} images explained{skipped}{failed}; outputs and "
+            f"{done} of {summary.total} {inputs} explained{skipped}{failed}; outputs and "
             f"{escape(manifest)} in {escape(str(out))}"
         )
 

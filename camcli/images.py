@@ -174,12 +174,17 @@ def _image_file(path: str | os.PathLike[str], name: str) -> BinaryIO:
     return stream
 
 
+def pixel_count(pixels: int) -> str:
+    """``144.0 MP``, or the exact count where one decimal of megapixels would read 0.0."""
+    return f"{pixels / 1e6:.1f} MP" if pixels >= 100_000 else f"{pixels:,} px"
+
+
 def _check_pixels(size: tuple[int, int], limit: int, name: str) -> None:
     width, height = size
     if limit and width * height > limit:
         raise InputError(
-            f"{name}: {width} x {height} = {width * height / 1e6:.1f} MP is over the "
-            f"{limit / 1e6:.1f} MP limit (--max-pixels)"
+            f"{name}: {width} x {height} = {pixel_count(width * height)} is over the "
+            f"{pixel_count(limit)} limit (--max-pixels)"
         )
 
 

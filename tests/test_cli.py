@@ -421,7 +421,7 @@ def test_max_pixels_makes_a_large_image_that_files_error_and_0_lifts_the_limit(
     args = ["run", image, "-f", "npy", *tiny_args(tiny_checkpoint)]
     result = invoke(*args, "--out", tmp_path / "small", "--max-pixels", "4095")
     assert result.exit_code == 1
-    assert result.stderr.startswith(f"error: {image}: 64 x 64 = 0.0 MP is over the")
+    assert result.stderr.startswith(f"error: {image}: 64 x 64 = 4,096 px is over the")
     assert manifest(tmp_path / "small")[0]["status"] == "error"
     for limit in ("4096", "0"):
         result = invoke(*args, "--out", tmp_path / limit, "--max-pixels", limit)

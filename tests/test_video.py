@@ -78,6 +78,7 @@ def test_run_on_a_folder_writes_the_overlay_video_maps_and_predictions(tiny_chec
     done = camcli(["run", folder, "-o", out, "-f", "jpg", "-f", "npy", "--json",
                    *tiny_args(tiny_checkpoint)])  # fmt: skip
     assert done.returncode == 0, done.stderr
+    assert "2 of 2 inputs explained; outputs and manifest.jsonl in" in done.stderr
     printed = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["input"] for r in printed] == [str(folder / "clip.mp4"), str(folder / "still.png")]
     assert printed == records(out)
@@ -225,7 +226,7 @@ def test_bad_videos_are_one_line_errors_and_a_cut_video_keeps_its_frames(tiny_ch
     found = {Path(r["input"]).name: r for r in records(out)}
     errors = {name: r["error"] for name, r in found.items() if r["status"] == "error"}
     assert errors == {
-        "big.mkv": f"{folder / 'big.mkv'}: 128 x 96 = 0.0 MP frames are over the 0.0 MP limit "
+        "big.mkv": f"{folder / 'big.mkv'}: 128 x 96 = 12,288 px frames are over the 5,000 px limit "
         "(--max-pixels)",
         "claims.webm": f"{folder / 'claims.webm'}: not a video, or truncated before its first "
         "frame (FFmpeg: invalid data)",

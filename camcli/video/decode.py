@@ -19,7 +19,13 @@ import av
 import numpy as np
 
 from camcli.errors import InputError
-from camcli.images import DEFAULT_MAX_PIXELS, NotRegularFile, display_path, open_regular
+from camcli.images import (
+    DEFAULT_MAX_PIXELS,
+    NotRegularFile,
+    display_path,
+    open_regular,
+    pixel_count,
+)
 
 #: The rate assumed when a file declares none (some AVI and raw streams).
 FALLBACK_RATE = Fraction(25)
@@ -113,8 +119,8 @@ class VideoReader:
         width, height = stream.width, stream.height
         if limit and width * height > limit:
             raise InputError(
-                f"{self.name}: {width} x {height} = {width * height / 1e6:.1f} MP frames are "
-                f"over the {limit / 1e6:.1f} MP limit (--max-pixels)"
+                f"{self.name}: {width} x {height} = {pixel_count(width * height)} frames are "
+                f"over the {pixel_count(limit)} limit (--max-pixels)"
             )
         stream.thread_type = "AUTO"  # FFmpeg's frame threads: decoding keeps up with the model
         self.stream = stream
