@@ -249,9 +249,10 @@ class Explainer:
         self.channels_last = loaded.channels_last
         method_cls = get_method_class(method)
         if method_cls.needs_grad and not getattr(model, "differentiable", True):
+            usable = ", ".join(gradient_free_methods(self.head.name))
             raise UsageError(
                 f"{method_cls.name} needs gradients, which {loaded.name} does not give (ONNX "
-                f"Runtime has no autograd); use one of: {', '.join(gradient_free_methods())}"
+                f"Runtime has no autograd); use one of: {usable}"
             )
         if chunk_size < 1:
             raise UsageError("--chunk-size must be at least 1")

@@ -120,7 +120,7 @@ def test_gradient_methods_are_refused_in_one_line_naming_those_that_work(pair):
         explain(onnx_model, batch_of(1), method="gradcam")
     assert str(caught.value) == (
         f"gradcam needs gradients, which {onnx_model.name} does not give (ONNX Runtime has no "
-        f"autograd); use one of: {', '.join(GRADIENT_FREE)}"
+        f"autograd); use one of: {', '.join([*GRADIENT_FREE, 'rise', 'occlusion'])}"
     )
 
 
@@ -241,7 +241,7 @@ def test_cli_run_writes_overlays_and_manifest_and_resumes(exported, tmp_path):
     assert refused.exit_code == 2
     assert refused.output.strip().splitlines() == [
         f"error: gradcam needs gradients, which {exported} does not give (ONNX Runtime has no "
-        f"autograd); use one of: {', '.join(GRADIENT_FREE)}"
+        f"autograd); use one of: {', '.join([*GRADIENT_FREE, 'rise', 'occlusion'])}"
     ]
 
 
@@ -387,3 +387,25 @@ def test_hugging_face_folder_with_a_pickled_bin_is_refused_in_one_line(tmp_path)
         "safetensors (save_pretrained writes model.safetensors)"
     ]
     assert "weights_only=False" not in done.output and "weights_only` set" not in done.output
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"method": "rise", "masks": 250, "seed": 2},
+        {"method": "occlusion", "window": 16, "stride": 8},
+    ],
+    ids=["rise", "occlusion"],
+)
+def test_black_box_methods_give_the_torch_models_maps(pair, options):
+    """The black-box methods need only forward passes: on the ONNX graph they give the torch
+    model's maps (at the input size) to 1e-4 of the peak, from the same masks or windows."""
+    onnx_model, torch_model = pair
+    batch = batch_of(1, seed=4)
+    ours = explain(onnx_model, batch, chunk_size=64, targets=["top1", "3"], **options)
+    theirs = explain(torch_model, batch, chunk_size=64, targets=["top1", "3"], **options)
+    assert ours.maps.shape == theirs.maps.shape == (1, 2, SIZE, SIZE)
+    np.testing.assert_array_equal(ours.class_indices, theirs.class_indices)
+    peak = float(np.abs(theirs.maps).max())
+    assert peak > 0
+    assert float(np.abs(ours.maps - theirs.maps).max()) <= 1e-4 * peak

@@ -15,6 +15,8 @@ class MethodInfo:
     needs_grad: bool
     summary: str
     paper: str
+    #: The model heads it explains (None: every classifier-like head; drise: detectors only).
+    heads: tuple[str, ...] | None = None
 
 
 METHODS: dict[str, MethodInfo] = {
@@ -215,6 +217,7 @@ METHODS: dict[str, MethodInfo] = {
             False,
             "RISE for detectors: masks weighted by IoU x same class x score of the re-detection",
             "Petsiuk et al. 2021, arXiv:2006.03204",
+            heads=("detection",),
         ),
         MethodInfo(
             "occlusion",
@@ -231,9 +234,14 @@ def method_names() -> list[str]:
     return list(METHODS)
 
 
-def gradient_free_methods() -> list[str]:
-    """The methods that need no gradients: all that run on a model without autograd (ONNX)."""
-    return [name for name, info in METHODS.items() if not info.needs_grad]
+def gradient_free_methods(head: str | None = None) -> list[str]:
+    """The methods that need no gradients: all that run on a model without autograd (ONNX);
+    with ``head``, only those that explain that head."""
+    return [
+        name
+        for name, info in METHODS.items()
+        if not info.needs_grad and (head is None or info.heads is None or head in info.heads)
+    ]
 
 
 def get_method_class(name: str) -> type:
