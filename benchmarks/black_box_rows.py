@@ -52,7 +52,9 @@ def camcli_cmd() -> list[str]:
 
 
 def timed_run(cmd: list[str], cwd: Path | None = None) -> tuple[float, str]:
-    """Wall time and stdout of one process, which must succeed."""
+    """Wall time and stdout of one process, which must succeed. camcli runs with ``cwd`` the
+    work folder, so a ``python -m camcli`` in $CAMCLI finds the build on its path, not the
+    repository's own ``camcli/`` from the current folder."""
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=_env(), cwd=cwd, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
@@ -69,16 +71,16 @@ def last_json(stdout: str) -> dict:
     return json.loads(lines[-1])
 
 
-def camcli_missing(*flags: str, method: str) -> str | None:
+def camcli_missing(*flags: str, method: str, cwd: Path | None = None) -> str | None:
     """Why this camcli cannot run the row (a flag or the method it lacks), or None."""
     text = subprocess.run(
-        [*camcli_cmd(), "run", "--help"], env=_env(), capture_output=True, text=True
+        [*camcli_cmd(), "run", "--help"], env=_env(), cwd=cwd, capture_output=True, text=True
     ).stdout
     absent = [f for f in flags if f not in text]
     if absent:
         return f"camcli run has no {', '.join(absent)} on this branch"
     listed = subprocess.run(
-        [*camcli_cmd(), "methods"], env=_env(), capture_output=True, text=True
+        [*camcli_cmd(), "methods"], env=_env(), cwd=cwd, capture_output=True, text=True
     ).stdout
     names = {line.split()[0] for line in listed.splitlines() if line.strip()}
     if method not in names:
@@ -139,7 +141,7 @@ def rise(add: Add, workdir: Path, quick: bool) -> None:
     n = 500 if quick else 5000
     full = 800 if quick else 8000
     flags = ("--masks", "--mask-cells", "--mask-p", "--seed", "--normalize")
-    why_cam = camcli_missing(*flags, method="rise")
+    why_cam = camcli_missing(*flags, method="rise", cwd=workdir)
     why_ref = None if OVXAI_PYTHON.exists() else f"no OpenVINO XAI interpreter at {OVXAI_PYTHON}"
     onnx = export_resnet18(workdir)
     image = image_224(workdir)
@@ -170,7 +172,7 @@ def rise(add: Add, workdir: Path, quick: bool) -> None:
         cmd = [*camcli_cmd(), "run", str(image), "-o", str(out), "-m", str(onnx), *ONNX_FLAGS,
                *MASK_FLAGS, "--method", "rise", "--masks", masks, "--seed", str(seed),
                "-f", "npy", "-q", "--no-skip-existing", "--device", "cpu"]  # fmt: skip
-        wall, _ = timed_run(cmd)
+        wall, _ = timed_run(cmd, cwd=workdir)
         used[masks] = masks_used(out)
         return wall, camcli_map(out)
 
@@ -181,7 +183,7 @@ def rise(add: Add, workdir: Path, quick: bool) -> None:
     # the auto map's masks being a prefix of the same stream.
     _t_full, map_full = camcli(str(full), seed=1)
     add("rise", f"camcli rise --masks {n} (whole process)",
-        f"{t_n:.1f} s ({n / t_n:.0f} masks/s)")  # fmt: skip
+        f"{t_n:.1f} s ({n / t_n:.1f} masks/s)")  # fmt: skip
     add("rise", "camcli rise --masks auto (whole process)",
         f"{t_auto:.1f} s ({used['auto']} masks)")  # fmt: skip
     r = pearson(map_auto, map_full)
@@ -219,7 +221,7 @@ def occlusion(add: Add, workdir: Path, quick: bool) -> None:
         add("occlusion", what, value)
         add("occlusion", "captum call / plain batched call",
             f"{captum['seconds'] / plain['seconds']:.2f}x")  # fmt: skip
-    why = camcli_missing("--window", "--stride", method="occlusion")
+    why = camcli_missing("--window", "--stride", method="occlusion", cwd=workdir)
     if why is not None:
         add("occlusion", "camcli occlusion --window 32 --stride 16 (whole process)",
             f"skipped: {why}")  # fmt: skip
@@ -230,7 +232,7 @@ def occlusion(add: Add, workdir: Path, quick: bool) -> None:
            "none", "--input-size", "224", "--fit", "stretch", "--method", "occlusion",
            "--window", "32", "--stride", "16", "-f", "npy", "-q", "--no-skip-existing",
            "--device", "cpu"]  # fmt: skip
-    wall, _ = timed_run(cmd)
+    wall, _ = timed_run(cmd, cwd=workdir)
     camcli_map(out)
     add("occlusion", "camcli occlusion --window 32 --stride 16 (whole process)", f"{wall:.1f} s")
     speedup = wall_captum / wall
