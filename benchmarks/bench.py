@@ -45,6 +45,7 @@ ROWS = (
     "startup",
     "gpu_e2e",
     "evaluate",
+    "video",
     "rise",
     "occlusion",
 )
@@ -680,6 +681,75 @@ def row_gpu_e2e(bench: Bench) -> None:
               f"{t_fwd:.1f} s ({count / t_fwd:.0f} img/s)")  # fmt: skip
     bench.add("gpu_e2e", "pytorch-grad-cam README loop (per image, 200 photos)",
               f"{200 / t_pgc:.0f} img/s")  # fmt: skip
+
+
+def make_clip(
+    path: Path, seconds: int, width: int = 1280, height: int = 720, rate: int = 30
+) -> Path:
+    """A ``seconds`` long clip: a window panning across the sample photos (scaled to cover the
+    frame), H.264 at ``rate`` fps; made once and kept in the work folder."""
+    if path.exists():
+        return path
+    import av
+    from PIL import Image
+
+    photos = sorted((ROOT / "sample_images").glob("*.jpg"))
+    scenes = []
+    for photo in photos:
+        image = Image.open(photo).convert("RGB")
+        scale = max(width * 1.5 / image.width, height / image.height)
+        size = (round(image.width * scale), round(image.height * scale))
+        scenes.append(np.asarray(image.resize(size, Image.Resampling.BILINEAR)))
+    frames = seconds * rate
+    per_scene = max(1, frames // len(scenes))
+    tmp = path.with_suffix(".part.mp4")
+    with av.open(str(tmp), "w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "veryfast"}
+        for i in range(frames):
+            scene = scenes[min(i // per_scene, len(scenes) - 1)]
+            span = scene.shape[1] - width
+            x = round((i % per_scene) / per_scene * span)
+            frame = av.VideoFrame.from_ndarray(
+                np.ascontiguousarray(scene[:height, x : x + width]), format="rgb24"
+            )
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    tmp.rename(path)
+    return path
+
+
+def row_video(bench: Bench) -> None:
+    """A 720p clip: camcli run's frames per second against a decode + plain forward loop in
+    the same batches and a pytorch-grad-cam loop over cv2.VideoCapture / VideoWriter."""
+    seconds = 3 if bench.quick else 30
+    clip = make_clip(bench.workdir / f"clip{seconds}s.mp4", seconds)
+    frames = seconds * 30
+    out = bench.workdir / "video-out"
+    py = sys.executable
+    camcli_cmd = [*_camcli(), "run", str(clip), "-o", str(out), "--weights", "none", "-q",
+                  "--device", bench.device, "--batch-size", "16"]  # fmt: skip
+    forward_cmd = [py, str(HERE / "baseline_video_forward.py"), str(clip), bench.device]
+    pgc_cmd = [py, str(HERE / "baseline_video_pgc.py"), str(clip),
+               str(bench.workdir / "pgc.mp4"), bench.device]  # fmt: skip
+    shutil.rmtree(out, ignore_errors=True)
+    t_cam, t_fwd, t_pgc = process_medians([camcli_cmd, forward_cmd, pgc_cmd], 1)
+    if not (out / f"{clip.name}.gradcam.top1.mp4").is_file():
+        raise RuntimeError("camcli wrote no overlay video")
+    fps = {name: frames / t for name, t in (("cam", t_cam), ("fwd", t_fwd), ("pgc", t_pgc))}
+    bench.add(
+        "video", f"camcli run, {seconds} s 720p clip -> overlay video", f"{fps['cam']:.1f} fps"
+    )
+    bench.add("video", "decode + plain forward, batches of 16", f"{fps['fwd']:.1f} fps")
+    bench.add("video", "pytorch-grad-cam loop, VideoCapture/VideoWriter", f"{fps['pgc']:.1f} fps")
+    bench.add("video", "camcli fps / decode+forward fps", f"{fps['cam'] / fps['fwd']:.2f}x",
+              ">= 0.8x", fps["cam"] / fps["fwd"] >= 0.8)  # fmt: skip
+    bench.add("video", "camcli fps / pytorch-grad-cam loop fps", f"{fps['cam'] / fps['pgc']:.2f}x",
+              ">= 3x", fps["cam"] / fps["pgc"] >= 3)  # fmt: skip
+    if not bench.device.startswith("cuda"):
+        bench.add("video", "GPU (frames decoded with NVDEC)", "not measured")
 
 
 def machine(device: str) -> str:

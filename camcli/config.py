@@ -27,13 +27,16 @@ CPU_BATCH_SIZE = 16
 class ModelSpec:
     """Which model, with which weights, fed how: what ``--model`` and its options say.
 
-    ``model``: a torchvision name, ``timm:NAME``, ``hf:ID_OR_DIR`` or ``FILE.py:FACTORY``;
+    ``model``: a torchvision name, ``timm:NAME``, ``hf:ID_OR_DIR``, ``FILE.py:FACTORY`` or an
+    ONNX file (``model.onnx``);
     ``weights``: ``DEFAULT``, an enum value or ``none``; ``checkpoint``: the user's state dict
     (with ``num_classes`` for its head, inferred when None); ``labels``: class names, one per
     line; ``input_size``/``fit``: the model's view of each image; ``max_pixels``: the largest
     image (width x height) read, None for ``camcli.images.DEFAULT_MAX_PIXELS``, 0 for no
     limit; ``head``: what the output is (``camcli.targets``: auto, softmax, binary,
-    multilabel).
+    multilabel); ``normalize``: a preset (``camcli.models.normalize.PRESETS``: imagenet,
+    inception, clip, none) in place of the model's own normalisation, and ``mean``/``std``
+    (per RGB channel, pixels in [0, 1]) over it; None keeps the model's own.
     """
 
     model: str = DEFAULT_MODEL
@@ -46,6 +49,9 @@ class ModelSpec:
     device: str = "auto"
     max_pixels: int | None = None
     head: str = "auto"
+    normalize: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,10 @@ class ExplainSpec:
     ``topN``, class indices or names (empty: ``top1``, or the head's own); ``top_k``: maps for
     the K most likely classes; ``chunk_size``: extra forward passes run at once;
     ``threshold``: multi-label's sigmoid cut; ``score_threshold``: a detector's box score;
-    ``concepts``: ``dff``'s concept maps per image.
+    ``concepts``: ``dff``'s concept maps per image. The black-box methods'
+    (``camcli.methods.blackbox``): ``masks`` (a count or ``auto``), ``mask_cells`` (None: the
+    method's own), ``mask_p`` and ``seed`` for ``rise`` / ``drise``; ``window``, ``stride``
+    and ``baseline`` (in the normalised input: 0 is the mean colour) for ``occlusion``.
     """
 
     method: str = DEFAULT_METHOD
@@ -70,6 +79,13 @@ class ExplainSpec:
     threshold: float = 0.5
     score_threshold: float = 0.5
     concepts: int = 5
+    masks: int | str = 4000
+    mask_cells: int | None = None
+    mask_p: float = 0.5
+    seed: int = 0
+    window: int = 32
+    stride: int = 16
+    baseline: float = 0.0
 
     def __post_init__(self) -> None:  # lists from a caller become tuples: the spec is frozen
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -95,6 +111,11 @@ class RunConfig:
     skip_existing: bool = False
     workers: int = field(default_factory=all_cores)
     shard: Shard | None = None  # --shard I/N: its own manifest part, lock and temp folder
+    # Videos: explain every N-th frame, or F frames per second (None: by ``every``); the maps
+    # of the last K explained frames averaged (1: no smoothing).
+    every: int = 1
+    fps: float | None = None
+    smooth_frames: int = 1
 
 
 @dataclass

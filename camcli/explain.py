@@ -18,7 +18,7 @@ from camcli.config import DEFAULT_METHOD, ExplainSpec
 from camcli.errors import CamcliWarning, UsageError
 from camcli.hooks import ActivationRecorder
 from camcli.layers import default_layer, resolve_layer
-from camcli.methods import get_method_class
+from camcli.methods import get_method_class, gradient_free_methods
 from camcli.methods.base import CamContext, CamMethod, Progress
 from camcli.models import LoadedModel, fold_batchnorms, input_too_small, is_out_of_memory
 from camcli.targets import (
@@ -73,6 +73,8 @@ class Explanation:
     blank: list[list[str | None]] | None = None
     present: np.ndarray | None = None
     boxes: list[list[tuple[float, float, float, float] | None]] | None = None
+    #: Per image, what its records add (a black-box method's ``masks`` used), or None.
+    details: list[dict[str, Any]] | None = None
 
 
 #: ``--aug-smooth``: every combination of a horizontal flip and an input scaling, as
@@ -246,6 +248,11 @@ class Explainer:
         # Inputs follow the model's layout; the explainer never changes a caller's model.
         self.channels_last = loaded.channels_last
         method_cls = get_method_class(method)
+        if method_cls.needs_grad and not getattr(model, "differentiable", True):
+            raise UsageError(
+                f"{method_cls.name} needs gradients, which {loaded.name} does not give (ONNX "
+                f"Runtime has no autograd); use one of: {', '.join(gradient_free_methods())}"
+            )
         if chunk_size < 1:
             raise UsageError("--chunk-size must be at least 1")
         if eigen_smooth and not method_cls.supports_eigen_smooth:
@@ -256,10 +263,17 @@ class Explainer:
         self.eigen_smooth = eigen_smooth
         self.chunk_size = chunk_size
         self.progress = progress
+        self._details: list[dict[str, Any]] | None = None  # the last batch's (Explanation)
         size = loaded.preprocess.crop_size
+        if not method_cls.needs_layer and layers:
+            warnings.warn(
+                f"{method_cls.name} perturbs the input and uses no layer: --layer is ignored",
+                CamcliWarning,
+                stacklevel=2,
+            )
         try:
-            self.layers = self._resolve_layers(layers, size)
-            if len(self.layers) < method_cls.min_layers:
+            self.layers = self._resolve_layers(layers, size) if method_cls.needs_layer else {}
+            if method_cls.needs_layer and len(self.layers) < method_cls.min_layers:
                 raise UsageError(
                     f"{method_cls.name} combines the maps of {method_cls.min_layers} layers or "
                     "more: repeat --layer (e.g. --layer layer3 --layer layer4; `camcli layers "
@@ -268,6 +282,7 @@ class Explainer:
             if method_cls.max_layers is not None and len(self.layers) > method_cls.max_layers:
                 raise UsageError(f"{method_cls.name} takes one layer; pass --layer once")
             self.method: CamMethod = method_cls(model)
+            self.method.configure(spec, self.head.name, size)
             probe = torch.randn(1, 3, size, size, device=loaded.device)
             # The checks compare exact maths (CAM's head against the logits): full precision.
             activations, logits = self._forward(probe, autocast=False)
@@ -340,6 +355,11 @@ class Explainer:
     def layer_names(self) -> list[str]:
         return list(self.layers)
 
+    @property
+    def layer_label(self) -> str:
+        """Where the maps are read, for people: the layers, or the input (black-box methods)."""
+        return "+".join(self.layers) or "the input"
+
     def _prepared(
         self, batch: torch.Tensor, low: torch.dtype | None
     ) -> tuple[torch.Tensor, contextlib.AbstractContextManager]:
@@ -387,6 +407,13 @@ class Explainer:
         with ActivationRecorder(self.loaded.model, {}, grad=False), cast:
             return self.head(self.loaded.model(batch)).float()
 
+    def _outputs(self, batch: torch.Tensor) -> Any:
+        """The model's own output for the methods' extra passes (a detector's boxes), under
+        ``--precision`` and in the model's layout, the model in eval mode."""
+        batch, cast = self._prepared(batch, self.autocast_dtype)
+        with ActivationRecorder(self.loaded.model, {}, grad=False), cast:
+            return self.loaded.model(batch)
+
     def _maps(
         self,
         batch: torch.Tensor,
@@ -403,9 +430,13 @@ class Explainer:
             chunk_size=self.chunk_size,
             eigen_smooth=self.eigen_smooth,
             progress=self.progress,
+            head=self.head,
+            outputs=self._outputs,
         )
         maps = []
         with torch.inference_mode(not self.method.needs_grad):
+            if not self.method.needs_layer:  # a black-box method: the input is what it reads
+                maps.append(self.method.compute(batch, logits, class_indices, context))
             for name, activation in activations.items():
                 context.layer, context.module = name, self.layers[name]
                 maps.append(self.method.compute(activation, logits, class_indices, context))
@@ -424,10 +455,12 @@ class Explainer:
                 ).mean(0)
             parts = context.cache.get("saliency")
             saliency = torch.stack(parts).mean(0) if parts else None
+        self._details = context.cache.get("details")
         return combined, saliency
 
     def explain(self, batch: torch.Tensor, targets: Sequence[Target]) -> Explanation:
         activations, logits, output = self._run(batch)
+        self._details = None
         if any(t.concept is not None for t in targets):
             # A concept method (dff): each concept's map, and the class it scores best.
             combined, classes, probabilities = self._concepts(batch, activations, targets)
@@ -440,7 +473,8 @@ class Explainer:
             if not bool(chosen.present.any()):
                 # Nothing to explain in the whole batch (no box above the threshold): no score
                 # depends on the layer, and every map is zeros.
-                grid = next(iter(activations.values())).shape[-2:]
+                first = next(iter(activations.values()), batch)  # black-box: the input's size
+                grid = first.shape[-2:]
                 combined = torch.zeros((*columns.shape, *grid), device=batch.device)
                 saliency = None
             elif not self.aug_smooth:
@@ -478,6 +512,7 @@ class Explainer:
                 blank=self._blank_reasons(maps, logits, trusted),
                 present=chosen.present.cpu().numpy(),
                 boxes=chosen.boxes,
+                details=self._details,
             )
 
     def _concepts(
@@ -508,10 +543,10 @@ class Explainer:
     ) -> list[list[str | None]]:
         """Per image and target, why the map is zero everywhere (None where it is not)."""
         zero = (maps == 0).flatten(2).all(dim=2) & trusted.view(-1, 1)
-        layer = "+".join(self.layers)
+        where = f"at layer {'+'.join(self.layers)}" if self.layers else "in the input"
         reasons: list[list[str | None]] = []
         for row, same in zip(zero.tolist(), scores_equal(logits), strict=True):
-            why = SCORES_EQUAL if same else f"no positive evidence for this class at layer {layer}"
+            why = SCORES_EQUAL if same else f"no positive evidence for this class {where}"
             reasons.append([why if blank else None for blank in row])
         return reasons
 

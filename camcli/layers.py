@@ -354,6 +354,9 @@ def known_default_layer(model: nn.Module) -> str | None:
     timm convolutional or hierarchical model's last feature stage. Token models (timm's ViT
     family declares ``num_prefix_tokens``) are traced: their last stage feeds only the class
     token to the head."""
+    declared = getattr(model, "declared_default_layer", None)  # an ONNX graph's own
+    if isinstance(declared, str) and declared in dict(model.named_modules()):
+        return declared
     cls = type(model)
     if cls.__module__.startswith("timm.") and token_prefix(model) is None:
         return _timm_feature_layer(model)

@@ -125,7 +125,8 @@ def run_images(
             config = replace(config, batch_size=auto_batch_size(explainer, targets))
         resume_gc()
 
-        name_layers = bool(explain.layers)  # chosen by the user: they go in the output names
+        # Chosen by the user, they go in the output names (a black-box method has none).
+        name_layers = bool(explain.layers) and bool(explainer.layer_names)
         with observer.running(f"{explainer.method_name} {loaded.name}", total=len(sources)):
             settings = run_settings(explainer, config, model.checkpoint, targets)
             if engine == "ray":

@@ -22,7 +22,12 @@ from typing import TextIO
 from camcli.errors import UsageError
 from camcli.images import IMAGE_SUFFIXES, display_path
 
-__all__ = ["IMAGE_SUFFIXES", "Source", "collect_sources", "is_image_name"]
+__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "Source", "collect_sources", "is_input_name",
+           "is_video_name"]  # fmt: skip
+
+#: Files ``camcli run`` reads as videos (``camcli.video``): folders and globs find them beside
+#: images.
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -43,8 +48,14 @@ class Source:
         return display_path(self.path)
 
 
-def is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+def is_video_name(name: str | os.PathLike[str]) -> bool:
+    return os.path.splitext(os.fspath(name))[1].lower() in VIDEO_SUFFIXES
+
+
+def is_input_name(name: str) -> bool:
+    """An image's or a video's name: what a folder walk picks up."""
+    suffix = os.path.splitext(name)[1].lower()
+    return suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES
 
 
 class _Excluded:
@@ -80,7 +91,7 @@ def _walk_dir(root: Path, excluded: _Excluded) -> Iterator[Found]:
             if not d.startswith(".") and os.path.join(dirpath, d) not in excluded
         )
         for name in sorted(filenames):
-            if name.startswith(".") or not is_image_name(name):
+            if name.startswith(".") or not is_input_name(name):
                 continue
             path = Path(dirpath) / name
             yield path, PurePosixPath(path.relative_to(root).as_posix()), None

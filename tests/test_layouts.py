@@ -104,6 +104,10 @@ REFUSED.update(
 # RefineCAM multiplies two layers' maps or more (these tests explain the default layer); it
 # runs on the ViT, Swin and CNN layouts in tests/test_methods_new.py.
 SEVERAL_LAYERS = {name for name in METHODS if get_method_class(name).min_layers > 1}
+# The black-box methods (rise, drise, occlusion) read no layer, so no layout: they are
+# tested in tests/test_blackbox.py (a model without any layer among them). Left out here with
+# the multi-layer ones.
+SEVERAL_LAYERS |= {name for name in METHODS if not get_method_class(name).needs_layer}
 
 # The Score-CAM family's many passes (one per channel and image, times 35 for SS-CAM and 10
 # for IS-CAM): Score-CAM on every model but resnet18's 512 channels (the plain CNN's Score-CAM

@@ -59,6 +59,7 @@ def test_registry_names_match_classes_and_cover_the_issue():
     }  # fmt: skip
     # Issue 12: the methods of pytorch-grad-cam 1.5.7 and torchcam 0.5.0.
     wanted |= {"fem", "kpcacam", "shapleycam", "finercam", "refinecam", "fullgrad", "legrad", "dff"}
+    wanted |= {"rise", "drise", "occlusion"}  # issue 24: the black-box methods
     assert set(METHODS) == wanted
     for name, info in METHODS.items():
         cls = get_method_class(name)

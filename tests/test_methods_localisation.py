@@ -38,6 +38,9 @@ LAYERS = {"refinecam": ["features.5", "features.11"]}
 # normalised to [0, 1] on its own: on this model its peak falls in the noise, inside the box
 # for 2% of the images (docs/methods.md); it is not held to localise here.
 NOT_APPLICABLE = {"legrad", "fullgrad"}
+# The black-box methods' thousands of passes per image: rise and occlusion are held to
+# localise in tests/test_blackbox.py; drise explains detectors.
+NOT_APPLICABLE |= {"rise", "drise", "occlusion"}
 
 
 def hit_rate(model, method: str, n: int, seed: int = 2024, **attributes) -> float:

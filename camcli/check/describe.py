@@ -42,6 +42,8 @@ def report_data(report: CheckReport) -> dict[str, Any]:
             "peak": list(r.peak) if r.peak else None,
             "expectations": [_outcome_json(o) for o in r.outcomes],
         }
+        if r.case.frames is not None:
+            row["frames"] = list(r.case.frames)
         if r.baseline_update is not None:
             row["baseline_update"] = r.baseline_update
         if r.failure_files:
@@ -138,7 +140,7 @@ def summary_line(report: CheckReport) -> str:
     text = (
         f"{head}: {passed} of {len(outcomes)} expectations passed in {len(report.results)} "
         f"cases ({_model_label(report.loaded.name)}, {report.explainer.method_name} at "
-        f"{'+'.join(report.explainer.layer_names)}, {report.seconds:.1f} s)"
+        f"{report.explainer.layer_label}, {report.seconds:.1f} s)"
     )
     if report.updated_baselines:
         counts: dict[str, int] = {}

@@ -49,7 +49,7 @@ def write_failure_pictures(results: list[CaseResult], folder: Path) -> None:
         if result.passed or result.cam is None or result.view_box is None:
             continue
         case = result.case
-        image = np.asarray(load_image(case.image))
+        image = result.frame if result.frame is not None else np.asarray(load_image(case.image))
         outputs = [(failure_name(case), result.cam)]
         if any(o.expectation.startswith("baseline") and not o.passed for o in result.outcomes):
             assert case.baseline is not None

@@ -72,6 +72,8 @@ class CaseResult:
     error: str | None = None
     baseline_update: dict[str, Any] | None = None
     failure_files: list[str] = field(default_factory=list)
+    #: A video case: the frame its pictures show (the first failing one), RGB.
+    frame: np.ndarray | None = None
 
     @property
     def passed(self) -> bool:

@@ -23,6 +23,7 @@ from camcli.config import CPU_BATCH_SIZE, ExplainSpec, ModelSpec
 from camcli.errors import InputError, UsageError
 from camcli.images import load_image
 from camcli.methods import METHODS
+from camcli.sources import is_video_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,6 +31,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 TOP_KEYS = ("model", "defaults", "case")
+#: The black-box methods' options (``camcli.methods.blackbox``), as ``camcli run`` takes them.
+BLACK_BOX_KEYS = ("masks", "mask_cells", "mask_p", "seed", "window", "stride", "baseline")
 MODEL_KEYS = (
     "model",
     "weights",
@@ -42,11 +45,16 @@ MODEL_KEYS = (
     "fit",
     "device",
     "batch_size",
+    *BLACK_BOX_KEYS,
+    "normalize",
+    "mean",
+    "std",
 )
 DEFAULT_KEYS = ("top_k", "min_score", "pointing", "min_energy", "min_similarity", "min_iou")
 CASE_KEYS = (
     "name",
     "image",
+    "frames",
     "target",
     "expect_class",
     "top_k",
@@ -64,7 +72,7 @@ CASE_KEYS = (
 DEFAULT_MIN_SIMILARITY = 0.9
 # [model] keys that only shape the explanation: with a problem in one of these, the model can
 # still be loaded to check the cases' classes against it.
-EXPLAIN_KEYS = frozenset({"method", "layer", "batch_size"})
+EXPLAIN_KEYS = frozenset({"method", "layer", "batch_size", *BLACK_BOX_KEYS})
 
 
 class SpecError(UsageError):
@@ -103,6 +111,13 @@ class CaseSpec:
     target: Any = None  # camcli.targets.Target, resolved with the model
     insertion_auc_min: float | None = None  # camcli.check.faithfulness
     deletion_auc_max: float | None = None
+    #: A video case: its frames ``[first, last]`` (inclusive, 0-based; None: every frame),
+    #: each of which must meet the expectations.
+    frames: tuple[int, int] | None = None
+
+    @property
+    def video(self) -> bool:
+        return self.image is not None and is_video_name(self.image)
 
     @property
     def label(self) -> str:
@@ -224,7 +239,7 @@ def _model_spec(
     reader.unknown_keys(where, table, MODEL_KEYS)
     bad = {key for key in table if key not in MODEL_KEYS}
     values: dict[str, Any] = {}
-    for key in ("model", "weights", "method", "fit", "device"):
+    for key in ("model", "weights", "method", "fit", "device", "normalize"):
         value = reader.string(where, table, key)
         if value is not None:
             values[key] = value
@@ -234,6 +249,8 @@ def _model_spec(
         if ":" in spec_text and spec_text.rsplit(":", 1)[0].endswith(".py"):
             where_py, attr = spec_text.rsplit(":", 1)
             values["model"] = f"{_relative(folder, where_py)}:{attr}"
+        elif spec_text.lower().endswith(".onnx"):  # an ONNX file beside the spec
+            values["model"] = str(_relative(folder, spec_text))
         elif spec_text.startswith("hf:") and (folder / spec_text[3:]).is_dir():
             values["model"] = f"hf:{_relative(folder, spec_text[3:])}"  # a folder beside it
     method = values.get("method")
@@ -256,6 +273,20 @@ def _model_spec(
         number = reader.integer(where, table, key, low)
         if number is not None:
             values[key] = number
+    for key in ("mean", "std"):
+        channels = table.get(key)
+        if channels is None:
+            continue
+        if isinstance(channels, (int, float)) and not isinstance(channels, bool):
+            channels = [channels]
+        if (
+            isinstance(channels, list)
+            and len(channels) in (1, 3)
+            and all(_is_number(v) for v in channels)
+        ):
+            values[key] = tuple(float(v) for v in channels)
+        else:
+            reader.problem(where, f"{key} must be 3 numbers [R, G, B] or one, got {channels!r}")
     layer = table.get("layer")
     if layer is not None:
         names = [layer] if isinstance(layer, str) else layer
@@ -267,11 +298,44 @@ def _model_spec(
             reader.problem(where, f"layer must be a layer name or a list of names, got {layer!r}")
         else:
             values["layers"] = tuple(names)
+    values.update(_black_box_values(reader, where, table))
     taken = set(values) | ({"layer"} if "layers" in values else set())
     bad |= {key for key in table if key in MODEL_KEYS and key not in taken}
-    explain = ExplainSpec(**{key: values.pop(key) for key in ("method", "layers") if key in values})
+    explain_keys = ("method", "layers", *BLACK_BOX_KEYS)
+    explain = ExplainSpec(**{key: values.pop(key) for key in explain_keys if key in values})
     batch_size = values.pop("batch_size", CPU_BATCH_SIZE)
     return ModelSpec(**values), explain, batch_size, frozenset(bad)
+
+
+def _black_box_values(reader: _Reader, where: str, table: dict[str, Any]) -> dict[str, Any]:
+    """The valid black-box options of ``[model]`` (the rest are reported)."""
+    values: dict[str, Any] = {}
+    masks = table.get("masks")
+    if masks == "auto" or (masks is not None and reader.integer(where, table, "masks", 1)):
+        values["masks"] = masks  # a count of 1 or more, or auto
+    for key, low in (("mask_cells", 1), ("seed", 0), ("window", 1), ("stride", 1)):
+        number = reader.integer(where, table, key, low)
+        if number is not None:
+            values[key] = number
+    p = table.get("mask_p")
+    if p is not None and (not _is_number(p) or not 0 < p <= 1):
+        reader.problem(where, f"mask_p must be a number in (0, 1], got {p!r}")
+    elif p is not None:
+        values["mask_p"] = float(p)
+    baseline = table.get("baseline")
+    if baseline is not None and not _is_number(baseline):
+        reader.problem(where, f"baseline must be a number, got {_type_name(baseline)}")
+    elif baseline is not None:
+        values["baseline"] = float(baseline)
+    return values
+
+
+def _video_size(path: Path) -> tuple[int, int]:
+    """A video's frame size as displayed (width, height); InputError as for a bad image."""
+    from camcli.video.decode import VideoReader
+
+    with VideoReader(path) as reader:
+        return reader.info.width, reader.info.height
 
 
 def _box(reader: _Reader, where: str, value: Any, key: str) -> tuple[float, ...] | None:
@@ -346,10 +410,29 @@ def _case(
     size = None
     if image is not None:
         try:
-            size = load_image(image).size
+            size = _video_size(image) if case.video else load_image(image).size
             case.image_size = size
         except InputError as exc:
             reader.problem(where, f"image {exc.message}")
+    if "frames" in table:
+        frames = table["frames"]
+        if not case.video:
+            reader.problem(where, 'frames needs a video (image = "clip.mp4")')
+        elif (
+            not isinstance(frames, list)
+            or len(frames) != 2
+            or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 0 for f in frames)
+            or frames[0] > frames[1]
+        ):
+            reader.problem(
+                where, f"frames must be [first, last], 0 <= first <= last, got {frames!r}"
+            )
+        else:
+            case.frames = (frames[0], frames[1])
+    if case.video:
+        for key in ("baseline", "insertion_auc_min", "deletion_auc_max"):
+            if key in table:
+                reader.problem(where, f"{key} needs an image, not a video")
 
     target = table.get("target")
     if target is not None:

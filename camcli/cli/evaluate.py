@@ -77,14 +77,18 @@ def evaluate(
             min=1,
         ),
     ] = 4,
-    seed: Annotated[
-        int,
-        typer.Option(
-            help="Seed of ROAD's noise, the randomised models and the bootstrap intervals."
-        ),
-    ] = 0,
+    seed: o.SeedOption = ExplainSpec.seed,
+    masks: o.MasksOption = str(ExplainSpec.masks),
+    mask_cells: o.MaskCellsOption = ExplainSpec.mask_cells,
+    mask_p: o.MaskPOption = ExplainSpec.mask_p,
+    window: o.WindowOption = ExplainSpec.window,
+    stride: o.StrideOption = ExplainSpec.stride,
+    baseline: o.BaselineOption = ExplainSpec.baseline,
     fit: o.FitOption = o.Fit(ModelSpec.fit),
     input_size: o.InputSizeOption = None,
+    normalize: o.NormalizeOption = None,
+    mean: o.MeanOption = None,
+    std: o.StdOption = None,
     batch_size: o.BatchSizeOption = "auto",
     chunk_size: o.ChunkSizeOption = ExplainSpec.chunk_size,
     max_pixels: o.MaxPixelsOption = None,
@@ -126,7 +130,9 @@ def evaluate(
     families = [m.value for m in metric] if metric else [m.value for m in o.Metric]
     explain = ExplainSpec(method=methods[0], layers=tuple(layer or ()),
                           targets=tuple(target or ()), chunk_size=chunk_size,
-                          precision=precision.value)  # fmt: skip
+                          precision=precision.value, masks=masks, mask_cells=mask_cells,
+                          mask_p=mask_p, seed=seed, window=window, stride=stride,
+                          baseline=baseline)  # fmt: skip
     parsed_batch_size = parse_batch_size(batch_size)
     check_options(methods, explain, families, steps, sanity_stages)
     if plots is not None and plots.exists() and not plots.is_dir():
@@ -139,7 +145,7 @@ def evaluate(
         error_line(console, message)
 
     spec = o.model_spec(model, weights, checkpoint, num_classes, labels, fit, input_size,
-                        device, max_pixels)  # fmt: skip
+                        device, max_pixels, normalize=normalize, mean=mean, std=std)  # fmt: skip
     ready = prepare(
         paths, methods, spec, explain, families=families, steps=steps, stages=sanity_stages,
         seed=seed, batch_size=parsed_batch_size, boxes=boxes,

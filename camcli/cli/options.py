@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from camcli.config import ModelSpec
+from camcli.errors import UsageError
 
 
 class Format(str, Enum):
@@ -100,6 +101,32 @@ FitOption = Annotated[
         "stretch: the whole image squashed to the input size."
     ),
 ]
+NormalizeOption = Annotated[
+    str | None,
+    typer.Option(
+        help="The normalisation the model was trained with, in place of its own: imagenet "
+        "(what an ONNX file gets by default), inception ([-1, 1]), clip, or none (pixels in "
+        "[0, 1]).",
+        metavar="PRESET",
+        show_default=False,
+    ),
+]
+MeanOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Per-channel mean of pixels in [0, 1], R,G,B (or one number), over --normalize.",
+        metavar="R,G,B",
+        show_default=False,
+    ),
+]
+StdOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Per-channel standard deviation, R,G,B (or one number), over --normalize.",
+        metavar="R,G,B",
+        show_default=False,
+    ),
+]
 MaxPixelsOption = Annotated[
     int | None,
     typer.Option(
@@ -187,8 +214,69 @@ def model_spec(
     device: str,
     max_pixels: int | None,
     head: str = "auto",
+    normalize: str | None = None,
+    mean: str | None = None,
+    std: str | None = None,
 ) -> ModelSpec:
     """The model options, as every command passes them on."""
     return ModelSpec(model=model, weights=weights, checkpoint=checkpoint, num_classes=num_classes,
                      labels=labels, input_size=input_size, fit=fit.value, device=device,
-                     max_pixels=max_pixels, head=head)  # fmt: skip
+                     max_pixels=max_pixels, head=head, normalize=normalize,
+                     mean=channels(mean, "--mean"), std=channels(std, "--std"))  # fmt: skip
+
+
+def channels(text: str | None, flag: str) -> tuple[float, ...] | None:
+    """``0.5,0.5,0.5`` (or ``0.5``) -> numbers; how many is checked where the model loads."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(part) for part in text.replace(" ", "").split(","))
+    except ValueError:
+        raise UsageError(
+            f"{flag} takes numbers separated by commas (R,G,B), got {text!r}"
+        ) from None
+
+
+# The black-box methods' options (rise, drise, occlusion), shared by run and evaluate.
+MasksOption = Annotated[
+    str,
+    typer.Option(
+        "--masks",
+        help="rise/drise: random masks per image, or auto (add 250 at a time until the map "
+        "stops changing; 1000 to 8000).",
+        metavar="N|auto",
+    ),
+]
+MaskCellsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--mask-cells",
+        help="rise/drise: cells per side of the masks' random grid. Default: 7 (rise), 16 (drise).",
+        metavar="S",
+        show_default=False,
+    ),
+]
+MaskPOption = Annotated[
+    float, typer.Option("--mask-p", help="rise/drise: probability that a cell is kept.")
+]
+SeedOption = Annotated[
+    int,
+    typer.Option(
+        "--seed",
+        help="Seed of rise/drise's masks (the same maps on every run) and, in evaluate, of "
+        "ROAD's noise, the randomised models and the bootstrap intervals.",
+    ),
+]
+WindowOption = Annotated[
+    int, typer.Option("--window", help="occlusion: side of the square window, in pixels.")
+]
+StrideOption = Annotated[
+    int, typer.Option("--stride", help="occlusion: step between windows, in pixels.")
+]
+BaselineOption = Annotated[
+    float,
+    typer.Option(
+        "--baseline",
+        help="occlusion: the value under the window, in the normalised input (0: the mean colour).",
+    ),
+]

@@ -53,6 +53,9 @@ def run(
     ] = "jet",
     fit: o.FitOption = o.Fit(ModelSpec.fit),
     input_size: o.InputSizeOption = None,
+    normalize: o.NormalizeOption = None,
+    mean: o.MeanOption = None,
+    std: o.StdOption = None,
     batch_size: o.BatchSizeOption = "auto",
     aug_smooth: Annotated[
         bool,
@@ -87,6 +90,27 @@ def run(
             show_default=False,
         ),
     ] = None,
+    every: Annotated[
+        int, typer.Option(help="Videos: explain every N-th frame; the others carry its map.", min=1)
+    ] = 1,
+    fps: Annotated[
+        float | None,
+        typer.Option(
+            "--fps",
+            help="Videos: explain F frames per second of video (instead of --every).",
+            metavar="F",
+            min=0.001,
+            show_default=False,
+        ),
+    ] = None,
+    smooth_frames: Annotated[
+        int,
+        typer.Option(
+            help="Videos: average the maps of the last K explained frames (1: off).",
+            metavar="K",
+            min=1,
+        ),
+    ] = 1,
     quiet: o.QuietOption = False,
     json_lines: o.JsonOption = False,
     engine: Annotated[
@@ -161,6 +185,13 @@ def run(
             min=1,
         ),
     ] = ExplainSpec.concepts,
+    masks: o.MasksOption = str(ExplainSpec.masks),
+    mask_cells: o.MaskCellsOption = ExplainSpec.mask_cells,
+    mask_p: o.MaskPOption = ExplainSpec.mask_p,
+    seed: o.SeedOption = ExplainSpec.seed,
+    window: o.WindowOption = ExplainSpec.window,
+    stride: o.StrideOption = ExplainSpec.stride,
+    baseline: o.BaselineOption = ExplainSpec.baseline,
 ) -> None:
     """Write heatmaps (overlays or raw maps) for images, files or whole folders."""
     go_offline(offline)
@@ -181,18 +212,25 @@ def run(
         batch_size=parse_batch_size(batch_size),
         skip_existing=skip_existing,
         shard=parsed_shard,
+        every=every,
+        fps=fps,
+        smooth_frames=smooth_frames,
     )
+    if fps is not None and every != 1:
+        raise UsageError("--fps and --every both choose the frames to explain: give one")
     if report and parsed_shard is not None:
         raise UsageError(
             "--report with --shard: shards write into OUT at once; run camcli report OUT "
             "once they have all finished"
         )
     spec = o.model_spec(model, weights, checkpoint, num_classes, labels, fit, input_size, device,
-                        max_pixels, head)  # fmt: skip
+                        max_pixels, head, normalize, mean, std)  # fmt: skip
     explain = ExplainSpec(method=method, layers=tuple(layer or ()), targets=tuple(target or ()),
                           top_k=top_k, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
                           precision=precision.value, chunk_size=chunk_size, threshold=threshold,
-                          score_threshold=score_threshold, concepts=concepts)  # fmt: skip
+                          score_threshold=score_threshold, concepts=concepts, masks=masks,
+                          mask_cells=mask_cells, mask_p=mask_p, seed=seed, window=window,
+                          stride=stride, baseline=baseline)  # fmt: skip
     wants_ray = engine is o.Engine.ray or ray_address or ray_actors or num_gpus
     ray = RayOptions(address=ray_address, actors=ray_actors, num_gpus=num_gpus or 0.0)
     display = RunDisplay(quiet=quiet, json_lines=json_lines)

@@ -12,6 +12,11 @@ becomes is decided here, once:
   (a file on disk always has its record).
 
 Calling a ``BatchWork`` runs all three for one batch in the calling thread.
+
+A video (``camcli.sources.is_video_name``) is one source too: its plan names an overlay video
+(``mp4``, for the jpg/png formats), a ``(frames, h, w)`` ``npy`` and a ``jsonl`` of per-frame
+predictions per target, and ``video`` runs its frames through the same explainer in batches
+(``camcli.video.work``).
 """
 
 from __future__ import annotations
@@ -32,9 +37,10 @@ from camcli.errors import CamcliError, InputError
 from camcli.explain import Explainer, to_model_input
 from camcli.images import Box, Preprocess, load_image, model_view
 from camcli.models import LoadedModel
+from camcli.models.onnx import is_onnx_path
 from camcli.outfolder import Key, OutputFolder, Record
 from camcli.render import Rect, draw_box, image_box, overlay, saliency_images
-from camcli.sources import Source
+from camcli.sources import Source, is_video_name
 from camcli.stages.tensor_path import TensorStages, tensor_stages
 from camcli.targets import NOTHING_FOUND, DetectionHead, Target
 from camcli.writers import encode_image, encode_npy, output_path, write_atomic
@@ -64,7 +70,12 @@ class Plan:
                  pixel_space: bool = False, layer: str | None = None):  # fmt: skip
         self.source = source
         formats = list(config.formats)
-        if pixel_space:
+        self.video = is_video_name(source.path)
+        if self.video:
+            # One overlay video for the image formats; the maps; the per-frame predictions.
+            formats = [*(["mp4"] if set(formats) - {"npy"} else []),
+                       *(["npy"] if "npy" in formats else []), "jsonl"]  # fmt: skip
+        elif pixel_space:
             formats += [f"gray.{f}" for f in config.formats if f != "npy"]
         self.paths = {
             t.tag: {
@@ -211,6 +222,28 @@ class BatchWork:
                 results.append(Loaded(plan.source, image if self.keep_image else None, view, box))
         return results
 
+    def video(self, plan: Plan) -> list[Record]:
+        """A video's files written and its records (one per target), or its error record;
+        any failure leaves none of its files (``camcli.video.work``)."""
+        from camcli.video.work import VideoJob
+
+        source = plan.source
+        job = VideoJob(self.explainer, self.targets, self.config, plan.paths,
+                       self._base(source) | {"settings": self.settings}, self.temp_dir)  # fmt: skip
+        try:
+            if source.error:
+                raise InputError(f"{source.display}: {source.error}")
+            return job.run(source.path)
+        except InputError as exc:
+            return self.error(source, str(exc))
+        except RuntimeError as exc:  # out of memory, a model that fails on this input...
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "RuntimeError"
+            return self.error(source, f"{source.display}: model failed ({reason})")
+        except Exception as exc:  # a full disk (FFmpeg's writes too), a bug: this video only
+            what = "cannot write output" if isinstance(exc, OSError | CamcliError) else "failed"
+            reason = str(exc) if isinstance(exc, CamcliError) else f"{type(exc).__name__}: {exc}"
+            return self.error(source, f"{source.display}: {what} ({reason})")
+
     def _base(self, source: Source) -> Record:
         return {
             "input": str(source.path),
@@ -269,7 +302,8 @@ class BatchWork:
     def write(self, item: Loaded, plan: Plan, maps: np.ndarray, classes: np.ndarray,
               scores: np.ndarray, saliency: np.ndarray | None = None,
               blank: Sequence[str | None] | None = None, present: np.ndarray | None = None,
-              boxes: Sequence[Rect | None] | None = None) -> list[Record]:  # fmt: skip
+              boxes: Sequence[Rect | None] | None = None,
+              details: Mapping[str, Any] | None = None) -> list[Record]:  # fmt: skip
         """Render, encode and write one image's outputs; its records.
 
         A target the image does not have (``present``: no such box, a label under the
@@ -330,6 +364,7 @@ class BatchWork:
                     record["warning"] = blank[t]
                 if rect is not None:
                     record["box"] = [round(v, 2) for v in rect]
+                record.update(details or {})  # a black-box method's masks used
                 record["settings"] = self.settings
                 records.append(record)
             if not records:
@@ -380,8 +415,9 @@ class BatchWork:
             sal = None if saliency is None else saliency[i]
             present = None if result.present is None else result.present[i]
             boxes = None if result.boxes is None else result.boxes[i]
+            details = None if result.details is None else result.details[i]
             jobs.append(partial(self.write, item, plan, result.maps[i], result.class_indices[i],
-                                result.scores[i], sal, blank[i], present, boxes))  # fmt: skip
+                                result.scores[i], sal, blank[i], present, boxes, details))  # fmt: skip
         return jobs
 
     def __call__(self, batch: Sequence[tuple[Plan, Loaded | list[Record]]]) -> list[list[Record]]:
@@ -423,6 +459,7 @@ def run_settings(
         "precision": str(explainer.autocast_dtype or "fp32").removeprefix("torch."),
         "aug_smooth": explainer.aug_smooth,
         "eigen_smooth": explainer.eigen_smooth,
+        **explainer.method.settings(),  # a black-box method's masks, window...
     }
     head = explainer.head
     if head.name != "softmax":  # a softmax run's settings stay as they were before heads
@@ -441,6 +478,23 @@ def run_settings(
             "size": stat.st_size,
             "mtime": stat.st_mtime_ns,
         }
+    spec = loaded.spec
+    if spec is not None and is_onnx_path(spec.model):  # the model file, as a checkpoint counts
+        stat = Path(spec.model).expanduser().stat()
+        settings["model_file"] = {
+            "path": os.path.abspath(Path(spec.model).expanduser()),
+            "size": stat.st_size,
+            "mtime": stat.st_mtime_ns,
+        }
+    if spec is not None and (spec.normalize or spec.mean or spec.std):
+        settings.update(mean=list(preprocess.mean), std=list(preprocess.std))
     if not explainer.method.pixel_space and any(f in ("jpg", "png") for f in config.formats):
         settings.update(alpha=config.alpha, colormap=config.colormap)
+    # The video options only where set, so that an image's settings stay as they were.
+    if config.every != 1:
+        settings["every"] = config.every
+    if config.fps is not None:
+        settings["fps"] = config.fps
+    if config.smooth_frames != 1:
+        settings["smooth_frames"] = config.smooth_frames
     return settings

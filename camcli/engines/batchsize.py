@@ -71,11 +71,13 @@ def parse_batch_size(text: str) -> int:
 
 def auto_batch_size(explainer: Explainer, targets: Sequence[Target]) -> int:
     """``--batch-size auto`` for this explainer: ``CPU_BATCH_SIZE`` off CUDA (no probing: a
-    CPU pays little for bigger batches), else the size ``find_batch_size`` measures with the
+    CPU pays little for bigger batches) and for black-box methods, else the size ``find_batch_size`` measures with the
     real model and method on random inputs."""
     loaded = explainer.loaded
     device = loaded.device
-    if device.type != "cuda":
+    if device.type != "cuda" or not explainer.method.needs_layer:
+        # A black-box method explains the images one by one, its --chunk-size masked copies
+        # at a time: the batch is not what fills the device (and probing costs N passes).
         return CPU_BATCH_SIZE
     size = loaded.preprocess.crop_size
 

@@ -13,6 +13,7 @@ cancelled, and only then does the exception go on.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,7 +25,7 @@ from camcli.errors import CamcliError
 from camcli.explain import Explainer
 from camcli.outfolder import Key, OutputFolder, Record
 from camcli.signals import interrupts_ignored, interrupts_raise
-from camcli.sources import Source
+from camcli.sources import Source, is_video_name
 from camcli.targets import Target
 
 Job = Future[list[Record]] | list[Record]
@@ -89,12 +90,20 @@ class Pipeline:
                 pending.popleft()
 
         try:
-            for batch in self._batches(sources, load_pool, previous):
-                good = [(plan, r) for plan, r in batch if not isinstance(r, list)]
-                written = iter(self._explain(good, write_pool) if good else [])
-                for _, result in batch:  # keep input order in the manifest
-                    pending.append(result if isinstance(result, list) else next(written))
-                drain(limit=4 * config.batch_size)
+            # A run of images goes in batches; a video, after the images before it are
+            # recorded, is its own batches of frames (``BatchWork.video``).
+            for video, group in itertools.groupby(sources, lambda s: is_video_name(s.path)):
+                if video:
+                    drain(limit=0)
+                    for source in group:
+                        emit(self._video(source, previous))
+                    continue
+                for batch in self._batches(list(group), load_pool, previous):
+                    good = [(plan, r) for plan, r in batch if not isinstance(r, list)]
+                    written = iter(self._explain(good, write_pool) if good else [])
+                    for _, result in batch:  # keep input order in the manifest
+                        pending.append(result if isinstance(result, list) else next(written))
+                    drain(limit=4 * config.batch_size)
             drain(limit=0)
             folder.compact()
         except BaseException:
@@ -179,6 +188,11 @@ class Pipeline:
             if len(batch) >= size or not ahead:
                 yield batch
                 batch = []
+
+    def _video(self, source: Source, previous: Mapping[Key, Record]) -> list[Record]:
+        plan = self.work.plan(source)
+        skipped = self.work.skipped(plan, previous) if self.config.skip_existing else None
+        return skipped if skipped is not None else self.work.video(plan)
 
     def _explain(self, good: list[tuple[Plan, Loaded]], pool: ThreadPoolExecutor) -> list[Job]:
         """Explain one batch; per image, its write job in ``pool`` (or its error records)."""

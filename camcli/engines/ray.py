@@ -42,7 +42,7 @@ from camcli.images import Box, Preprocess, model_view, to_rgb
 from camcli.machine_output import json_line
 from camcli.outfolder import OutputFolder, Record
 from camcli.signals import interrupts_deferred, interrupts_ignored
-from camcli.sources import Source
+from camcli.sources import Source, is_video_name
 from camcli.targets import Target
 from camcli.writers import encode_image
 
@@ -136,7 +136,11 @@ def _read_batch(
     size = preprocess.crop_size
     views, boxes, errors, images = [], [], [], []
     for i in range(len(batch["index"])):
-        loaded = load(_source(batch, i), preprocess, keep_image, max_pixels)
+        source = _source(batch, i)
+        # A video is read by the actor that explains it, frame batch by frame batch.
+        loaded = (
+            "" if is_video_name(source.path) else load(source, preprocess, keep_image, max_pixels)
+        )
         if isinstance(loaded, str):
             views.append(np.zeros((size, size, 3), np.uint8))
             boxes.append((0.0, 0.0, 1.0, 1.0))
@@ -185,6 +189,9 @@ class _ExplainActor:
             plan = work.plan(source)
             if batch["error"][i]:
                 items.append((plan, work.error(source, str(batch["error"][i]))))
+                continue
+            if plan.video:  # the whole video here, on this actor's model
+                items.append((plan, work.video(plan)))
                 continue
             image = batch["image"][i] if "image" in batch else None
             box = Box(*(float(v) for v in batch["box"][i]))

@@ -347,6 +347,12 @@ def evaluate_methods(
     """
     if not items:
         raise UsageError("no image could be read; nothing to evaluate")
+    if "sanity" in settings.families and not getattr(loaded.model, "differentiable", True):
+        raise UsageError(
+            f"the sanity metric re-initialises the weights of {loaded.name} layer by layer, "
+            "which an ONNX graph run by ONNX Runtime does not allow; pick the others with "
+            "--metric (deletion, confidence, road, pointing)"
+        )
     explainers = {
         method: Explainer(loaded, replace(settings.explain, method=method))
         for method in dict.fromkeys(methods)

@@ -202,12 +202,38 @@ METHODS: dict[str, MethodInfo] = {
             "K concept maps per image from an NMF of the activations, each with its best class",
             "Collins et al. 2018, arXiv:1806.10206",
         ),
+        MethodInfo(
+            "rise",
+            "camcli.methods.rise:RISE",
+            False,
+            "Random masks weighted by the class probability of the input they keep; no layer",
+            "Petsiuk et al. 2018, arXiv:1806.07421",
+        ),
+        MethodInfo(
+            "drise",
+            "camcli.methods.drise:DRISE",
+            False,
+            "RISE for detectors: masks weighted by IoU x same class x score of the re-detection",
+            "Petsiuk et al. 2021, arXiv:2006.03204",
+        ),
+        MethodInfo(
+            "occlusion",
+            "camcli.methods.occlusion:Occlusion",
+            False,
+            "Mean drop of the class probability when a sliding window hides each pixel",
+            "Zeiler & Fergus 2014, arXiv:1311.2901",
+        ),
     )
 }
 
 
 def method_names() -> list[str]:
     return list(METHODS)
+
+
+def gradient_free_methods() -> list[str]:
+    """The methods that need no gradients: all that run on a model without autograd (ONNX)."""
+    return [name for name, info in METHODS.items() if not info.needs_grad]
 
 
 def get_method_class(name: str) -> type:

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from camcli.config import ExplainSpec
 from camcli.hooks import ActivationRecorder
 
 Progress = Callable[[int, int], None]  # (passes done, passes in all) for one batch's extra work
@@ -42,6 +43,12 @@ class CamContext:
     eigen_smooth: bool = False
     progress: Progress | None = None
     cache: dict[str, Any] = field(default_factory=dict)
+    #: The explainer's head (``camcli.targets``): its ``probabilities`` score the black-box
+    #: methods' masked inputs; a detection head holds the boxes explained.
+    head: Any = None
+    #: The model's own output for a batch (a detector's boxes), under the same precision and
+    #: memory layout as ``forward``.
+    outputs: Callable[[torch.Tensor], Any] | None = None
 
     def record(self, batch: torch.Tensor, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(activation at this context's layer, logits) for another input batch.
@@ -87,9 +94,22 @@ class CamMethod:
     max_layers: ClassVar[int | None] = None
     #: Whether ``--aug-smooth`` (maps of flipped and scaled copies, averaged) applies.
     supports_aug_smooth: ClassVar[bool] = True
+    #: False for black-box methods (``camcli.methods.blackbox``): no layer is resolved or
+    #: probed, ``compute`` gets the input batch as its ``activation`` and returns maps at the
+    #: input size.
+    needs_layer: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
+
+    def configure(self, spec: ExplainSpec, head: str, size: int) -> None:
+        """Read the method's own options from ``spec`` for a model with ``head`` (its name)
+        and inputs of ``size`` pixels; raise UsageError for values that cannot work."""
+
+    def settings(self) -> dict[str, Any]:
+        """The method's own options that decide its maps, for the records' settings
+        (``--skip-existing`` redoes an image made with others); none by default."""
+        return {}
 
     def check(self, layer: str, activation: torch.Tensor, logits: torch.Tensor) -> None:
         """Validate at setup, on a probe batch, that the method applies to this model/layer."""

@@ -28,6 +28,8 @@ from camcli.models.memory import (
     input_too_small,
     is_out_of_memory,
 )
+from camcli.models.normalize import normalized
+from camcli.models.onnx import is_onnx_path, load_onnx
 from camcli.models.segmentation import load_segmentation, segmentation_models
 from camcli.models.sources import find_source, load_source_model, source_models
 from camcli.models.speed import fold_batchnorms, use_channels_last
@@ -83,6 +85,7 @@ def load_model(
     if isinstance(model, ModelSpec) and options:
         raise TypeError("load_model: a ModelSpec or keywords, not both")
     loaded = _load(spec, progress)
+    loaded.preprocess = normalized(loaded.preprocess, spec)  # --normalize, --mean, --std
     loaded.spec = spec
     return loaded
 
@@ -103,6 +106,8 @@ def _load(spec: ModelSpec, progress: bool) -> LoadedModel:
             f"--weights {weights} and --checkpoint conflict: the checkpoint replaces the "
             "weights; leave --weights out"
         )
+    if is_onnx_path(name):  # model.onnx, run by ONNX Runtime
+        return load_onnx(spec, progress)
     source = find_source(name)  # timm:NAME, hf:ID_OR_DIR
     if source is not None:
         return load_source_model(*source, spec, progress)

@@ -11,6 +11,7 @@ from the config's ``id2label``; the output object's ``.logits`` are the logits.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import warnings
 from pathlib import Path
@@ -70,8 +71,34 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _pickled_weights(source: str, exc: BaseException) -> UsageError:
+    """A ``.bin`` that ``torch.load(weights_only=True)`` refuses: named, with the reason, and
+    never with torch's advice to load it with ``weights_only=False``."""
+    folder = Path(source)
+    found = sorted(folder.glob("*.bin")) if folder.is_dir() else []
+    where = str(found[0]) if len(found) == 1 else f"hf:{source}'s pytorch_model.bin"
+    text = str(exc)
+    if "Unsupported global" in text or "GLOBAL" in text:
+        return UsageError(
+            f"{where}: holds pickled Python objects, not only tensors; camcli reads weights "
+            "with weights_only=True for safety: save the model as safetensors "
+            "(save_pretrained writes model.safetensors)"
+        )
+    detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()
+    reason = detail[0] if detail and detail[0] else type(exc).__name__
+    return UsageError(f"{where}: cannot read the weights (corrupt or not a torch file: {reason})")
+
+
 def _from_source(load: Any, source: str, what: str, **kwargs: Any) -> Any:
     """``load(source, ...)`` from a folder, else from the hub cache, else downloaded."""
+    unsafe_load = load
+
+    def load(*args: Any, **options: Any) -> Any:
+        try:
+            return unsafe_load(*args, **options)
+        except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) said no
+            raise _pickled_weights(source, exc) from None
+
     if Path(source).is_dir():
         try:
             return load(source, **kwargs)
@@ -102,6 +129,8 @@ def _from_source(load: Any, source: str, what: str, **kwargs: Any) -> Any:
             return load(source, **kwargs)
     except ValueError as exc:
         raise UsageError(f"hf:{source}: {_first_line(exc)}") from None
+    except UsageError:
+        raise
     except Exception as exc:  # HTTP and hub errors all end here
         raise unavailable(_first_line(exc)) from None
 

@@ -43,7 +43,7 @@ def _pictures(result: CaseResult, folder: Path, compare: bool) -> list[tuple[str
         return []
     case = result.case
     try:
-        image = np.asarray(load_image(case.image))
+        image = result.frame if result.frame is not None else np.asarray(load_image(case.image))
     except InputError as exc:
         return [("current map", exc.message)]
     maps: list[tuple[str, str, np.ndarray | str]] = [("current map", "", result.cam)]
@@ -120,7 +120,7 @@ def build_check_page(report: CheckReport, path: Path) -> str:
     title = f"camcli check {report.spec.path}"
     model = (
         f"model {report.loaded.name}, {report.explainer.method_name} at "
-        f"{'+'.join(report.explainer.layer_names)}, input {report.loaded.preprocess.crop_size} px"
+        f"{report.explainer.layer_label}, input {report.loaded.preprocess.crop_size} px"
     )
     body = (
         f"<header><h1>{esc(title)}</h1><p>{esc(model)}</p>"

@@ -66,7 +66,7 @@ def page(title: str, body: str, script: str = "") -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         # No request leaves the page, whatever a file name holds.
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
-        "img-src 'self' file: data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'\">\n"
+        "img-src 'self' file: data:; media-src 'self' file:; style-src 'unsafe-inline'; script-src 'unsafe-inline'\">\n"
         f"<title>{esc(title)}</title>\n<style>\n{asset('report.css')}</style>\n</head>\n"
         f"<body>\n{body}\n{tail}</body>\n</html>\n"
     )

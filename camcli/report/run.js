@@ -59,6 +59,59 @@
     return figure;
   }
 
+  // A video's cell: the overlay video itself, and its target's score over time as a line.
+  function clip(cell, alt) {
+    var figure = element("figure", "video");
+    if (cell.video) {
+      var video = element("video");
+      video.setAttribute("src", cell.video);
+      video.setAttribute("controls", "");
+      video.setAttribute("muted", "");
+      video.setAttribute("preload", "metadata");
+      video.setAttribute("title", alt);
+      var wide = Math.min(320, cell.vw || 320);
+      video.setAttribute("width", wide);
+      if (cell.vw && cell.vh) video.setAttribute("height", Math.round(wide * cell.vh / cell.vw));
+      figure.appendChild(video);
+    } else {
+      figure.appendChild(element("div", "missing", "video not found"));
+    }
+    figure.appendChild(plot(cell.series || [], cell.duration || 0));
+    return figure;
+  }
+
+  function plot(series, duration) {
+    var ns = "http://www.w3.org/2000/svg";
+    var width = 320, height = 80;
+    var svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("class", "plot");
+    svg.setAttribute("width", width);
+    svg.setAttribute("height", height + 14);
+    svg.setAttribute("viewBox", "0 0 " + width + " " + (height + 14));
+    var frame = document.createElementNS(ns, "rect");
+    frame.setAttribute("width", width);
+    frame.setAttribute("height", height);
+    frame.setAttribute("fill", "none");
+    frame.setAttribute("stroke", "#ccc");
+    svg.appendChild(frame);
+    var span = duration > 0 ? duration : 1;
+    var points = series.map(function (p) {
+      return (p[0] / span * width).toFixed(1) + "," + ((1 - p[1]) * height).toFixed(1);
+    });
+    var line = document.createElementNS(ns, "polyline");
+    line.setAttribute("points", points.join(" "));
+    line.setAttribute("fill", "none");
+    line.setAttribute("stroke", "#c00");
+    svg.appendChild(line);
+    var axis = document.createElementNS(ns, "text");
+    axis.setAttribute("x", 0);
+    axis.setAttribute("y", height + 12);
+    axis.setAttribute("font-size", 10);
+    axis.textContent = "score over " + span.toFixed(1) + " s (0 to 1)";
+    svg.appendChild(axis);
+    return svg;
+  }
+
   function score(value) {
     return typeof value === "number" ? value.toFixed(3) : "-";
   }
@@ -71,7 +124,8 @@
     original.appendChild(element("figcaption", null, "original"));
     strip.appendChild(original);
     row.maps.forEach(function (cell) {
-      var figure = picture(cell, cell.target + " " + cell.label);
+      var alt = cell.target + " " + cell.label;
+      var figure = cell.series ? clip(cell, alt) : picture(cell, alt);
       var caption = element("figcaption");
       caption.appendChild(element("span", "target", cell.target + " "));
       caption.appendChild(element("span", "label", cell.label));

@@ -13,6 +13,7 @@ for 10,000 inputs opens at once. Thumbnails are not outputs: they have no manife
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable
@@ -60,6 +61,35 @@ def _picture(outputs: Iterable[str]) -> str | None:
     return None
 
 
+#: The most points a video's score plot has; a longer video's frames are sampled evenly.
+PLOT_POINTS = 400
+
+
+def _video_cell(out: Path, root: str, record: Record) -> dict[str, Any]:
+    """A video record's cell: the overlay video (``video``, its URL), its size and duration,
+    and the target's score per explained frame (``series``: [seconds, score] pairs, from the
+    predictions sidecar) for the plot beside it."""
+    cell: dict[str, Any] = {}
+    info = record["video"]
+    video = next((o for o in record.get("outputs") or () if o.endswith(".mp4")), None)
+    found = _inside(out, video) if video is not None else None
+    if found is not None:
+        cell["video"] = url(PurePosixPath(*Path(os.path.relpath(found, root)).parts))
+        cell.update(vw=info.get("width"), vh=info.get("height"))
+    cell["duration"] = info.get("duration")
+    sidecar = _inside(out, record.get("predictions") or "")
+    series: list[list[float]] = []
+    if sidecar is not None:
+        with open(sidecar, encoding="utf-8") as lines:
+            for line in lines:
+                entry = json.loads(line)
+                if isinstance(entry.get("score"), int | float):
+                    series.append([entry["time"], entry["score"]])
+    step = max(1, -(-len(series) // PLOT_POINTS))
+    cell["series"] = series[::step]
+    return cell
+
+
 def _target_order(record: Record) -> tuple[int, str]:
     match = _RANK.fullmatch(str(record.get("target")))
     return (int(match[1]), "") if match else (1 << 30, str(record.get("target")))
@@ -96,7 +126,9 @@ def _describe(records: list[Record]) -> list[str]:
         )
         models[f"{settings.get('model', '?')} ({weights})"] = None
         if record.get("method"):
-            methods[f"{record['method']} at {record.get('layer') or '?'}"] = None
+            layer = record.get("layer")
+            where = "the input" if layer == "" else layer or "?"  # "": a black-box method
+            methods[f"{record['method']} at {where}"] = None
     return [f"model {m}" for m in models] + [f"method {m}" for m in methods]
 
 
@@ -144,6 +176,8 @@ def build_run_page(out: Path, records: list[Record], temp_dir: Path) -> tuple[st
             elif record.get("outputs"):
                 full = _inside(out, record["outputs"][0])
             cell = _image(root, thumb, full)
+            if record.get("video"):
+                cell.update(_video_cell(out, root, record))
             what = str(record.get("target"))
             if several:
                 what = f"{record.get('method')} {record.get('layer')} {what}"

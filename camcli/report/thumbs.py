@@ -22,6 +22,7 @@ from PIL import Image
 
 from camcli.errors import InputError
 from camcli.images import load_image
+from camcli.sources import is_video_name
 from camcli.writers import encode_image, ensure_inside, write_atomic
 
 THUMBS = "report-thumbs"
@@ -54,7 +55,12 @@ def thumb_key(source: str) -> str | None:
 def _make(source: str, key: str, folder: Path, temp_dir: Path) -> Thumb | str:
     """The thumbnail of ``source`` written into ``folder``, or the reason it cannot be made."""
     try:
-        image = load_image(source, max_pixels=MAX_PIXELS, draft=SIZE)
+        if is_video_name(source):  # a video's still: its first frame
+            from camcli.video.decode import first_frame
+
+            image = Image.fromarray(first_frame(source, max_pixels=MAX_PIXELS))
+        else:
+            image = load_image(source, max_pixels=MAX_PIXELS, draft=SIZE)
     except InputError as exc:
         return exc.message
     image.thumbnail((SIZE, SIZE), Image.Resampling.LANCZOS)
