@@ -6,6 +6,8 @@ says, and a row names what the camcli it runs lacks."""
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -13,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import black_box_rows
 import incremental_occlusion
+import known_answer
 import occlusion_profile
 
 
@@ -54,3 +57,33 @@ def test_a_row_names_the_flag_or_method_camcli_lacks():
         "camcli methods does not list no-such-method on this branch"
     )
     assert black_box_rows.camcli_missing("--top-k", method="gradcam") is None
+
+
+def test_the_known_answer_picture_has_its_square_where_the_box_says():
+    pixels, box = known_answer.picture()
+    x0, y0, x1, y1 = box
+    assert pixels.shape == (224, 224, 3) and x1 - x0 == y1 - y0 >= 48
+    square = pixels[y0:y1, x0:x1].astype(int)
+    assert (square == square[0, 0]).all()  # one flat colour
+    assert square[0, 0, 1] > 150 and square[0, 0, [0, 2]].max() < 60  # green: class 1
+    ring = pixels[y1 : y1 + 4, x0:x1].astype(int)  # just below: the gray background
+    assert abs(ring[..., 0] - ring[..., 1]).mean() < 40
+
+
+def test_peak_in_box_reports_where_the_maximum_is():
+    saliency = np.zeros((224, 224))
+    saliency[50, 150] = 1.0  # row (y) 50, column (x) 150
+    assert black_box_rows.peak_in_box(saliency, [137, 33, 200, 96]) == (True, (150, 50))
+    assert black_box_rows.peak_in_box(saliency, [0, 0, 150, 50]) == (False, (150, 50))
+
+
+@pytest.mark.slow
+def test_the_known_answer_model_names_the_square_colour():
+    """A small build (80 resnet18 forwards at 224 px, 10-25 s here): the frozen random
+    features carry the colour."""
+    model, accuracy = known_answer.build(n=64, steps=150)
+    assert accuracy >= 0.8  # chance is 1/3
+    pixels, _box = known_answer.picture()
+    with torch.inference_mode():
+        probs = model(known_answer.to_tensor(pixels[None])).softmax(1)[0]
+    assert int(probs.argmax()) == 1 and float(probs[1]) > 0.6
