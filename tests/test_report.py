@@ -380,8 +380,20 @@ def browser():
             launched.close()
 
 
+def wait_for_images(page) -> None:
+    """Until every image of the page has loaded or failed. Awaited through load/error events:
+    ``wait_for_function``'s polling builds its predicate with eval, which the report's
+    Content-Security-Policy (rightly) refuses whenever the first check finds an image still
+    loading."""
+    page.evaluate(
+        "() => Promise.all(Array.from(document.images).map(i => i.complete ? null : "
+        "new Promise(done => { i.addEventListener('load', done); "
+        "i.addEventListener('error', done); })))"
+    )
+
+
 def broken_images(page) -> list[str]:
-    page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+    wait_for_images(page)
     return page.evaluate(
         "Array.from(document.images).filter(i => i.naturalWidth === 0).map(i => i.src)"
     )

@@ -357,7 +357,7 @@ def test_the_report_plays_the_overlay_video_beside_its_first_frame_with_a_score_
     tiny_checkpoint, clip, tmp_path
 ):
     from playwright.sync_api import sync_playwright
-    from test_report import FLAGS, chromium
+    from test_report import FLAGS, chromium, wait_for_images
 
     from camcli.report.run import write_run_report
 
@@ -375,13 +375,15 @@ def test_the_report_plays_the_overlay_video_beside_its_first_frame_with_a_score_
             page.goto(report.as_uri())
             still = page.locator("#grid .row img")
             assert still.count() == 1
-            page.wait_for_function("() => document.images[0].complete")
+            wait_for_images(page)
             assert page.evaluate("document.images[0].naturalWidth") == 64  # the first frame
             video = page.locator("#grid .row video")
             assert video.count() == 1
             assert video.get_attribute("src") == "clip.mp4.gradcam.top1.mp4"
-            page.wait_for_function("() => document.querySelector('video').readyState >= 1",
-                                   timeout=20000)  # fmt: skip
+            page.evaluate(  # metadata loaded (awaited: the page's policy refuses eval polling)
+                "() => { const v = document.querySelector('video'); return v.readyState >= 1 || "
+                "new Promise(done => v.addEventListener('loadedmetadata', () => done(true))); }"
+            )
             shape = page.evaluate(
                 "(v => [v.videoWidth, v.videoHeight, v.duration])(document.querySelector('video'))"
             )
