@@ -66,6 +66,8 @@ class ExplainSpec:
     (``camcli.methods.blackbox``): ``masks`` (a count or ``auto``), ``mask_cells`` (None: the
     method's own), ``mask_p`` and ``seed`` for ``rise`` / ``drise``; ``window``, ``stride``
     and ``baseline`` (in the normalised input: 0 is the mean colour) for ``occlusion``.
+    ``runtime``: where the forward-only passes run (``camcli.runtimes``: auto, torch,
+    onnxruntime, openvino).
     """
 
     method: str = DEFAULT_METHOD
@@ -86,6 +88,7 @@ class ExplainSpec:
     window: int = 32
     stride: int = 16
     baseline: float = 0.0
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:  # lists from a caller become tuples: the spec is frozen
         object.__setattr__(self, "layers", tuple(self.layers))

@@ -21,6 +21,8 @@ from camcli.layers import default_layer, resolve_layer
 from camcli.methods import get_method_class, gradient_free_methods
 from camcli.methods.base import CamContext, CamMethod, Progress
 from camcli.models import LoadedModel, fold_batchnorms, input_too_small, is_out_of_memory
+from camcli.runtimes import Offload, choose_runtime
+from camcli.runtimes.choose import Job
 from camcli.targets import (
     SCORES_EQUAL,
     Chosen,
@@ -234,6 +236,8 @@ class Explainer:
         else:
             spec = ExplainSpec(method=method, layers=tuple(layers or ()), **options)
         self.spec = spec
+        #: Where the forward-only passes run (``use_runtime``); PyTorch until chosen.
+        self.offload = Offload("torch", "PyTorch (no runtime chosen)")
         method, layers = spec.method, list(spec.layers) or None
         aug_smooth, eigen_smooth = spec.aug_smooth, spec.eigen_smooth
         chunk_size, precision = spec.chunk_size, spec.precision
@@ -326,6 +330,8 @@ class Explainer:
                     CamcliWarning,
                     stacklevel=2,
                 )
+        #: Channels of the first layer, for the runtime's estimate of a job's passes.
+        self._channels = int(next(iter(activations.values())).shape[1]) if activations else 0
         if logits.shape[1] != loaded.num_classes and self.head.name != "detection":
             loaded.num_classes = int(logits.shape[1])
         if loaded.owned:
@@ -333,6 +339,39 @@ class Explainer:
             # under autocast); folded into the convolutions it costs nothing. Only a model
             # camcli built itself is rewritten, never one a caller passes in.
             fold_batchnorms(model, keep=self.layers.values())
+
+    def use_runtime(
+        self, batch_size: int, images: int | None = None, scored: bool = False
+    ) -> Offload:
+        """Choose where the forward-only passes run, as ``--runtime`` says
+        (``camcli.runtimes.choose``): ``batch_size`` images per main pass, ``images`` in the
+        job (None: unknown), ``scored`` when the caller scores perturbed inputs itself
+        (``evaluate``). Raises UsageError for a runtime that cannot serve at all."""
+        method, loaded = self.method, self.loaded
+        why_not = None
+        if not getattr(loaded.model, "differentiable", True):
+            why_not = "the model is an ONNX file, which ONNX Runtime runs already"
+        elif self.head.name not in ("softmax", "binary", "multilabel"):
+            why_not = f"a {self.head.name} model's output is not one logits tensor"
+        uses_scores = scored or method.runtime_passes
+        split = list(self.layers) if method.runtime_split and self.layers else []
+        per_image = 1 + method.extra_passes(self._channels, loaded.preprocess.crop_size)
+        if scored:
+            images = None  # evaluate's perturbed passes: many per image
+        job = Job(
+            model=loaded.model,
+            logits=extract_logits,
+            device=loaded.device,
+            size=loaded.preprocess.crop_size,
+            batch=self.chunk_size if uses_scores else batch_size,
+            scores=uses_scores,
+            layers=split,
+            precision=self.spec.precision,
+            passes=None if images is None else images * per_image,
+            why_not=why_not,
+        )
+        self.offload = choose_runtime(self.spec.runtime, job)
+        return self.offload
 
     def _resolve_layers(self, layers: Sequence[str] | None, size: int) -> dict[str, nn.Module]:
         """The named layers, or the automatic default one."""
@@ -387,11 +426,15 @@ class Explainer:
         mode = torch.no_grad() if grad else torch.inference_mode()
         low = self.autocast_dtype if autocast else None
         batch, cast = self._prepared(batch, low)
+        # The model up to the first layer on a runtime, when one serves (``use_runtime``).
+        model, layers = self.loaded.model, self.layers
+        if self.offload.model is not None:
+            model, layers = self.offload.model, self.offload.model.hooked(self.layers)
         recorder = ActivationRecorder(
-            self.loaded.model, self.layers, grad=grad, dtype=torch.float32 if low else None
+            model, layers, grad=grad, dtype=torch.float32 if low else None
         )
         with recorder, mode, cast, self.method.forward_context():
-            output = self.loaded.model(batch)
+            output = model(batch)
             logits = self.head(output)
         missing = [n for n in self.layers if n not in recorder.activations]
         if missing:
@@ -407,6 +450,14 @@ class Explainer:
         batch, cast = self._prepared(batch, self.autocast_dtype)
         with ActivationRecorder(self.loaded.model, {}, grad=False), cast:
             return self.head(self.loaded.model(batch)).float()
+
+    def scores(self, batch: torch.Tensor) -> torch.Tensor:
+        """The head's scores (float32) for a forward-only pass of whole inputs: on the runtime
+        ``use_runtime`` chose, else as ``_logits``. No hook may be active (Score-CAM's masked
+        inputs, the black-box methods', ``evaluate``'s perturbed ones)."""
+        if self.offload.scores is None:
+            return self._logits(batch)
+        return self.head(self.offload.scores(batch)).float()
 
     def _outputs(self, batch: torch.Tensor) -> Any:
         """The model's own output for the methods' extra passes (a detector's boxes), under
@@ -427,7 +478,7 @@ class Explainer:
         context = CamContext(
             model=self.loaded.model,
             batch=batch,
-            forward=self._logits,
+            forward=self.scores if self.method.runtime_passes else self._logits,
             chunk_size=self.chunk_size,
             eigen_smooth=self.eigen_smooth,
             progress=self.progress,

@@ -26,7 +26,7 @@ from camcli.models import LoadedModel, load_model
 from camcli.outfolder import MANIFEST, Record, check_output_folder, part_name
 from camcli.render import colormap_lut
 from camcli.shards import select_sources
-from camcli.sources import collect_sources
+from camcli.sources import collect_sources, is_video_name
 from camcli.startup import resume_gc
 from camcli.targets import Target, apply_head, head_targets
 
@@ -123,11 +123,16 @@ def run_images(
         targets = _targets(loaded, explainer, explain)
         if config.batch_size == AUTO:
             config = replace(config, batch_size=auto_batch_size(explainer, targets))
+        # Videos' frames are not counted before they are read: their jobs count as large.
+        videos = any(is_video_name(s.path) for s in sources)
+        explainer.use_runtime(config.batch_size, images=None if videos else len(sources))
         resume_gc()
 
         # Chosen by the user, they go in the output names (a black-box method has none).
         name_layers = bool(explain.layers) and bool(explainer.layer_names)
-        with observer.running(f"{explainer.method_name} {loaded.name}", total=len(sources)):
+        runtime = explainer.offload.runtime
+        on = "" if runtime == "torch" else f" on {runtime}"
+        with observer.running(f"{explainer.method_name} {loaded.name}{on}", total=len(sources)):
             settings = run_settings(explainer, config, model.checkpoint, targets)
             if engine == "ray":
                 from camcli.engines.batch import BatchWork
@@ -136,7 +141,8 @@ def run_images(
                 work = BatchWork(explainer, targets, config, settings, name_layers=name_layers)
                 # The head the driver resolved, so that every actor reads the output alike.
                 actors = replace(model, head=loaded.head)
-                setup = ActorSetup(actors, explain, targets, config, settings,
+                chosen = replace(explain, runtime=explainer.offload.runtime)
+                setup = ActorSetup(actors, chosen, targets, config, settings,
                                    name_layers=name_layers)  # fmt: skip
                 summary = run_on_ray(sources, work, setup, ray or RayOptions(),
                                      on_record=observer.record, on_progress=observer.advance)  # fmt: skip

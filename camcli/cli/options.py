@@ -147,6 +147,25 @@ PrecisionOption = Annotated[
 ]
 
 
+class Runtime(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
+RuntimeOption = Annotated[
+    Runtime,
+    typer.Option(
+        help="Where forward-only passes run on the CPU (Score-CAM's and the black-box "
+        "methods' masked inputs, evaluate's perturbed ones, the model up to the layer for "
+        "the gradient methods): onnxruntime (camcli[onnx]) or openvino (camcli[openvino]) "
+        "on a cached ONNX export, or torch. auto: the fastest installed one that gives the "
+        "same scores, measured at start-up (docs/runtimes.md).",
+    ),
+]
+
+
 class Metric(str, Enum):
     deletion = "deletion"
     confidence = "confidence"

@@ -76,6 +76,7 @@ def run(
     device: o.DeviceOption = ModelSpec.device,
     offline: o.OfflineOption = False,
     precision: o.PrecisionOption = o.Precision(ExplainSpec.precision),
+    runtime: o.RuntimeOption = o.Runtime(ExplainSpec.runtime),
     skip_existing: Annotated[
         bool, typer.Option(help="Skip inputs whose outputs all exist (resume a run).")
     ] = False,
@@ -230,7 +231,8 @@ def run(
                           precision=precision.value, chunk_size=chunk_size, threshold=threshold,
                           score_threshold=score_threshold, concepts=concepts, masks=masks,
                           mask_cells=mask_cells, mask_p=mask_p, seed=seed, window=window,
-                          stride=stride, baseline=baseline)  # fmt: skip
+                          stride=stride, baseline=baseline,
+                          runtime=runtime.value)  # fmt: skip
     wants_ray = engine is o.Engine.ray or ray_address or ray_actors or num_gpus
     ray = RayOptions(address=ray_address, actors=ray_actors, num_gpus=num_gpus or 0.0)
     display = RunDisplay(quiet=quiet, json_lines=json_lines)

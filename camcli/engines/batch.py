@@ -278,7 +278,7 @@ class BatchWork:
                 continue
             if (
                 earlier.get("status") != "ok"
-                or earlier.get("settings") != self.settings
+                or not same_settings(earlier.get("settings"), self.settings)
                 or not set(outputs) <= set(earlier.get("outputs") or ())
                 or not all(p.exists() for p in paths.values())
             ):
@@ -294,7 +294,7 @@ class BatchWork:
         if (
             nothing is None
             or nothing.get("status") != "ok"
-            or nothing.get("settings") != self.settings
+            or not same_settings(nothing.get("settings"), self.settings)
         ):
             return None
         return [{**nothing, "skipped": True}]
@@ -432,6 +432,19 @@ class BatchWork:
         return results
 
 
+#: Where the forward passes ran: recorded, but maps are the same on every runtime (to 1e-4 of
+#: their peak), so ``--skip-existing`` does not redo an image made on another.
+RUNTIME_KEYS = ("runtime", "runtime_reason", "runtime_ms")
+
+
+def same_settings(earlier: Any, settings: Mapping[str, Any]) -> bool:
+    """Whether a record's settings are ``settings``, whichever runtime made each."""
+    if not isinstance(earlier, Mapping):
+        return False
+    strip = lambda found: {k: v for k, v in found.items() if k not in RUNTIME_KEYS}  # noqa: E731
+    return strip(earlier) == strip(settings)
+
+
 def run_settings(
     explainer: Explainer,
     config: RunConfig,
@@ -460,6 +473,7 @@ def run_settings(
         "aug_smooth": explainer.aug_smooth,
         "eigen_smooth": explainer.eigen_smooth,
         **explainer.method.settings(),  # a black-box method's masks, window...
+        **explainer.offload.settings(),  # where the forward passes ran, and why
     }
     head = explainer.head
     if head.name != "softmax":  # a softmax run's settings stay as they were before heads

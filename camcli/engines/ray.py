@@ -102,6 +102,8 @@ def _build_work(setup: ActorSetup) -> BatchWork:
 
     loaded = apply_head(load_model(setup.model, progress=False), setup.model.head)
     explainer = Explainer(loaded, setup.explain)
+    if loaded.device.type == "cpu":  # the driver's choice of runtime (explicit: no measuring)
+        explainer.use_runtime(setup.config.batch_size)
     return BatchWork(explainer, setup.targets, setup.config, setup.settings,
                      name_layers=setup.name_layers, temp_dir=setup.temp_dir)  # fmt: skip
 

@@ -98,6 +98,12 @@ class CamMethod:
     #: probed, ``compute`` gets the input batch as its ``activation`` and returns maps at the
     #: input size.
     needs_layer: ClassVar[bool] = True
+    #: Whether the extra passes are plain forwards of whole inputs (``context.forward``
+    #: outside any hook), which a runtime may run (``--runtime``, ``camcli.runtimes``).
+    runtime_passes: ClassVar[bool] = False
+    #: Whether the main pass may run the model up to the first hooked layer on a runtime:
+    #: False for methods that read more of the model than their layers' outputs.
+    runtime_split: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -110,6 +116,11 @@ class CamMethod:
         """The method's own options that decide its maps, for the records' settings
         (``--skip-existing`` redoes an image made with others); none by default."""
         return {}
+
+    def extra_passes(self, channels: int, size: int) -> int:
+        """Forward passes per image beyond the main one, for a layer of ``channels`` channels
+        at inputs of ``size`` pixels (``--runtime auto`` weighs a job by them)."""
+        return 0
 
     def check(self, layer: str, activation: torch.Tensor, logits: torch.Tensor) -> None:
         """Validate at setup, on a probe batch, that the method applies to this model/layer."""

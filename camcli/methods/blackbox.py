@@ -46,6 +46,7 @@ class BlackBoxMethod(CamMethod):
     #: The heads it explains (None: all); ``refusal`` says what to use instead.
     heads: ClassVar[tuple[str, ...] | None] = None
     refusal: ClassVar[str] = ""
+    runtime_passes = True
 
     def configure(self, spec: ExplainSpec, head: str, size: int) -> None:
         if self.heads is not None and head not in self.heads:
@@ -70,6 +71,9 @@ class MaskedMethod(BlackBoxMethod):
             raise UsageError(f"--seed must be 0 or more, got {spec.seed}")
         self.seed = int(spec.seed)
         self._sets: dict[tuple[int, int], MaskSet] = {}
+
+    def extra_passes(self, channels: int, size: int) -> int:
+        return self.count if self.count is not None else AUTO_MAX_MASKS
 
     def settings(self) -> dict[str, Any]:
         masks = "auto" if self.count is None else self.count

@@ -98,6 +98,7 @@ class FullGrad(CamMethod):
 
     name = "fullgrad"
     needs_grad = True
+    runtime_split = False  # reads more of the model than the layer's output
     supports_eigen_smooth = False
 
     def saliency(self, context: CamContext, targets: torch.Tensor) -> torch.Tensor:

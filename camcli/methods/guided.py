@@ -104,6 +104,7 @@ class GuidedBackprop(CamMethod):
 
     name = "guided-backprop"
     needs_grad = True
+    runtime_split = False  # reads more of the model than the layer's output
     pixel_space = True
     supports_eigen_smooth = False
 

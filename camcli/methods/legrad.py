@@ -97,6 +97,7 @@ class LeGrad(CamMethod):
 
     name = "legrad"
     needs_grad = True
+    runtime_split = False  # reads more of the model than the layer's output
     supports_eigen_smooth = False
 
     def check(self, layer: str, activation: torch.Tensor, logits: torch.Tensor) -> None:

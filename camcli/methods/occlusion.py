@@ -62,6 +62,9 @@ class Occlusion(BlackBoxMethod):
                 "would be under no window"
             )
 
+    def extra_passes(self, channels: int, size: int) -> int:
+        return len(window_starts(size, self.window, self.stride)) ** 2
+
     def settings(self) -> dict[str, Any]:
         return {"window": self.window, "stride": self.stride, "baseline": self.baseline}
 

@@ -40,10 +40,14 @@ class ScoreCAM(CamMethod):
     needs_grad = False
     #: Passes per channel (the smoothed variants average several).
     samples: ClassVar[int] = 1
+    runtime_passes = True
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
         self.generator: torch.Generator | None = None
+
+    def extra_passes(self, channels: int, size: int) -> int:
+        return self.samples * channels
 
     def masked_inputs(self, batch: torch.Tensor, masks: torch.Tensor, images: torch.Tensor,
                       sample: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:  # fmt: skip

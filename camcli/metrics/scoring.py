@@ -38,8 +38,9 @@ class Scorer:
     def logits(self, inputs: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) inputs -> (B, C) float32 ``f(x)`` (the head's scores), one pass."""
         with torch.inference_mode():
-            # The explainer's forward for extra passes: eval mode, channels-last, autocast.
-            logits = self.explainer._logits(inputs).float()
+            # The explainer's forward-only passes: on its runtime, else eval mode,
+            # channels-last, autocast.
+            logits = self.explainer.scores(inputs).float()
         if self.passes is not None:
             self.passes(int(inputs.shape[0]))
         return logits
