@@ -341,23 +341,27 @@ class Explainer:
             fold_batchnorms(model, keep=self.layers.values())
 
     def use_runtime(
-        self, batch_size: int, images: int | None = None, scored: bool = False
+        self,
+        batch_size: int,
+        images: int | None = None,
+        scored_passes: int = 0,
+        runtime: str | None = None,
     ) -> Offload:
-        """Choose where the forward-only passes run, as ``--runtime`` says
-        (``camcli.runtimes.choose``): ``batch_size`` images per main pass, ``images`` in the
-        job (None: unknown), ``scored`` when the caller scores perturbed inputs itself
-        (``evaluate``). Raises UsageError for a runtime that cannot serve at all."""
+        """Choose where the forward-only passes run, as ``runtime`` (default: the spec's
+        ``--runtime``) says (``camcli.runtimes.choose``): ``batch_size`` images per main
+        pass, ``images`` in the job (None: unknown, many), ``scored_passes`` the passes per
+        image a caller runs through ``scores`` itself (``evaluate``'s perturbed inputs).
+        Raises UsageError for a runtime that cannot serve at all."""
         method, loaded = self.method, self.loaded
         why_not = None
         if not getattr(loaded.model, "differentiable", True):
             why_not = "the model is an ONNX file, which ONNX Runtime runs already"
         elif self.head.name not in ("softmax", "binary", "multilabel"):
             why_not = f"a {self.head.name} model's output is not one logits tensor"
-        uses_scores = scored or method.runtime_passes
+        uses_scores = scored_passes > 0 or method.runtime_passes
         split = list(self.layers) if method.runtime_split and self.layers else []
-        per_image = 1 + method.extra_passes(self._channels, loaded.preprocess.crop_size)
-        if scored:
-            images = None  # evaluate's perturbed passes: many per image
+        size = loaded.preprocess.crop_size
+        per_image = 1 + scored_passes + method.extra_passes(self._channels, size)
         job = Job(
             model=loaded.model,
             logits=extract_logits,
@@ -370,7 +374,7 @@ class Explainer:
             passes=None if images is None else images * per_image,
             why_not=why_not,
         )
-        self.offload = choose_runtime(self.spec.runtime, job)
+        self.offload = choose_runtime(runtime or self.spec.runtime, job)
         return self.offload
 
     def _resolve_layers(self, layers: Sequence[str] | None, size: int) -> dict[str, nn.Module]:

@@ -33,18 +33,22 @@ __all__ = [
 
 
 def run_check(
-    spec_path: Path, *, update_baselines: bool = False, progress: bool = False
+    spec_path: Path,
+    *,
+    update_baselines: bool = False,
+    progress: bool = False,
+    runtime: str | None = None,
 ) -> CheckReport:
     """Validate the spec (SpecError, exit 2, before any image is explained), run its cases.
 
     The report's ``exit_code`` is 0 when every expectation holds, 1 otherwise. Baselines are
     written (with ``update_baselines``) only after every case has been computed, and none
     when a baseline case has no map (``baselines_not_written``). ``progress``: show the
-    model's download progress.
+    model's download progress; ``runtime``: ``--runtime``, over the spec's.
     """
     began = time.perf_counter()
     spec, loaded, explainer = prepare(
-        spec_path, update_baselines=update_baselines, progress=progress
+        spec_path, update_baselines=update_baselines, progress=progress, runtime=runtime
     )
     results = run_cases(spec, loaded, explainer, update_baselines=update_baselines)
     report = CheckReport(spec, loaded, explainer, results, 0.0, update_baselines)

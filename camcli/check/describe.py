@@ -59,6 +59,7 @@ def report_data(report: CheckReport) -> dict[str, Any]:
             "layers": report.explainer.layer_names,
             "input_size": report.loaded.preprocess.crop_size,
             "device": str(report.loaded.device),
+            **report.explainer.offload.settings(),
         },
         "summary": {
             "cases": len(report.results),

@@ -8,6 +8,7 @@ method or layer is wrong), else against the spec's labels file when it has one.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from camcli.check.spec import CheckSpec, SpecError, parse_spec
@@ -97,20 +98,29 @@ def _labels_file_classes(
 
 
 def prepare(
-    spec_path: Path, *, update_baselines: bool = False, progress: bool = False
+    spec_path: Path,
+    *,
+    update_baselines: bool = False,
+    progress: bool = False,
+    runtime: str | None = None,
 ) -> tuple[CheckSpec, LoadedModel, Explainer]:
     """Validate the whole spec and load its model; a SpecError lists every problem found.
+    ``runtime`` (``--runtime``) overrides the spec's ``runtime``.
 
-    No image is explained here: the only forward pass is the explainer's probe on noise.
+    No image is explained here: the only forward passes are the explainer's probe on noise
+    and, for ``runtime = "auto"`` on a large job, the runtimes' measurement.
     """
     spec, problems = parse_spec(spec_path, update_baselines=update_baselines)
     if spec is None:
         raise SpecError(problems)
+    if runtime is not None:
+        spec.explain = replace(spec.explain, runtime=runtime)
     loaded = _load(spec, progress, problems) if spec.model_loadable else None
     explainer = None
     if loaded is not None and spec.explainable:
         try:
             explainer = Explainer(loaded, spec.explain)
+            explainer.use_runtime(spec.batch_size, images=len(spec.cases))
         except CamcliError as exc:
             problems.append(f"{spec.path}: [model]: {exc.message}")
     elif loaded is not None and "layer" not in spec.bad_model_keys:

@@ -23,6 +23,7 @@ from camcli.config import CPU_BATCH_SIZE, ExplainSpec, ModelSpec
 from camcli.errors import InputError, UsageError
 from camcli.images import load_image
 from camcli.methods import METHODS
+from camcli.runtimes import RUNTIMES
 from camcli.sources import is_video_name
 
 if sys.version_info >= (3, 11):
@@ -49,6 +50,7 @@ MODEL_KEYS = (
     "normalize",
     "mean",
     "std",
+    "runtime",
 )
 DEFAULT_KEYS = ("top_k", "min_score", "pointing", "min_energy", "min_similarity", "min_iou")
 CASE_KEYS = (
@@ -72,7 +74,7 @@ CASE_KEYS = (
 DEFAULT_MIN_SIMILARITY = 0.9
 # [model] keys that only shape the explanation: with a problem in one of these, the model can
 # still be loaded to check the cases' classes against it.
-EXPLAIN_KEYS = frozenset({"method", "layer", "batch_size", *BLACK_BOX_KEYS})
+EXPLAIN_KEYS = frozenset({"method", "layer", "batch_size", "runtime", *BLACK_BOX_KEYS})
 
 
 class SpecError(UsageError):
@@ -299,9 +301,14 @@ def _model_spec(
         else:
             values["layers"] = tuple(names)
     values.update(_black_box_values(reader, where, table))
+    runtime = table.get("runtime")
+    if runtime is not None and runtime not in RUNTIMES:
+        reader.problem(where, f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    elif runtime is not None:
+        values["runtime"] = runtime
     taken = set(values) | ({"layer"} if "layers" in values else set())
     bad |= {key for key in table if key in MODEL_KEYS and key not in taken}
-    explain_keys = ("method", "layers", *BLACK_BOX_KEYS)
+    explain_keys = ("method", "layers", "runtime", *BLACK_BOX_KEYS)
     explain = ExplainSpec(**{key: values.pop(key) for key in explain_keys if key in values})
     batch_size = values.pop("batch_size", CPU_BATCH_SIZE)
     return ModelSpec(**values), explain, batch_size, frozenset(bad)

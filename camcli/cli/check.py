@@ -108,6 +108,8 @@ def check(
         ),
     ] = None,
     offline: o.OfflineOption = False,
+    # Default None: the spec's runtime key, else auto.
+    runtime: o.RuntimeOption = None,  # type: ignore[assignment]
 ) -> None:
     """Check a model's predictions and maps against a spec's expectations (CI smoke test).
 
@@ -137,7 +139,10 @@ def check(
     console = stderr_console()
     began = time.perf_counter()
     report = camcli.check.run_check(
-        spec, update_baselines=update_baselines, progress=console.is_terminal
+        spec,
+        update_baselines=update_baselines,
+        progress=console.is_terminal,
+        runtime=None if runtime is None else runtime.value,
     )
     if update_baselines:
         _show_baselines(console, report)

@@ -95,6 +95,7 @@ def evaluate(
     device: o.DeviceOption = ModelSpec.device,
     offline: o.OfflineOption = False,
     precision: o.PrecisionOption = o.Precision(ExplainSpec.precision),
+    runtime: o.RuntimeOption = o.Runtime(ExplainSpec.runtime),
     json_out: o.JsonOption = False,
     csv_out: Annotated[
         bool, typer.Option("--csv", help="Print one CSV row per method on stdout.")
@@ -132,7 +133,7 @@ def evaluate(
                           targets=tuple(target or ()), chunk_size=chunk_size,
                           precision=precision.value, masks=masks, mask_cells=mask_cells,
                           mask_p=mask_p, seed=seed, window=window, stride=stride,
-                          baseline=baseline)  # fmt: skip
+                          baseline=baseline, runtime=runtime.value)  # fmt: skip
     parsed_batch_size = parse_batch_size(batch_size)
     check_options(methods, explain, families, steps, sanity_stages)
     if plots is not None and plots.exists() and not plots.is_dir():

@@ -157,11 +157,10 @@ class Runtime(str, Enum):
 RuntimeOption = Annotated[
     Runtime,
     typer.Option(
-        help="Where forward-only passes run on the CPU (Score-CAM's and the black-box "
-        "methods' masked inputs, evaluate's perturbed ones, the model up to the layer for "
-        "the gradient methods): onnxruntime (camcli[onnx]) or openvino (camcli[openvino]) "
-        "on a cached ONNX export, or torch. auto: the fastest installed one that gives the "
-        "same scores, measured at start-up (docs/runtimes.md).",
+        help="Where forward-only passes run on the CPU (masked and perturbed inputs, the "
+        "model up to the layer): onnxruntime (camcli[onnx]) or openvino (camcli[openvino]) "
+        "on a cached ONNX export, or torch; auto: the fastest installed one that gives the "
+        "same scores (docs/runtimes.md).",
     ),
 ]
 

@@ -99,6 +99,8 @@ class MethodResult:
     values: dict[str, list[float | None]] = field(default_factory=dict)
     curves: dict[str, list[list[float]]] = field(default_factory=dict)
     stages: list[dict[str, Any]] = field(default_factory=list)
+    #: Where its forward passes ran, and why (``Offload.settings``).
+    runtime: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sane(self) -> bool | None:
@@ -324,6 +326,20 @@ def screen(
     return kept, errors
 
 
+def scored_passes(settings: Settings) -> int:
+    """Forward passes per image on perturbed inputs, by the metrics asked for (an estimate
+    for ``--runtime auto``: the sanity check's are on other weights and not counted)."""
+    families = settings.families
+    count = 1  # each image's own score
+    if "deletion" in families:
+        count += 2 * (settings.steps + 1)
+    if "confidence" in families:
+        count += 1
+    if "road" in families:
+        count += 2 * len(settings.percentiles)
+    return count
+
+
 def evaluate_methods(
     loaded: LoadedModel,
     methods: Sequence[str],
@@ -360,9 +376,17 @@ def evaluate_methods(
     first = next(iter(explainers.values()))
     if settings.batch_size == AUTO:
         settings = replace(settings, batch_size=auto_batch_size(first, [settings.target]))
+    # The first method's choice serves them all (one export, one measurement).
+    chosen = None
+    for explainer in explainers.values():
+        chosen = explainer.use_runtime(settings.batch_size, len(items), scored_passes(settings),
+                                       runtime=None if chosen is None else chosen.runtime)  # fmt: skip
     scorer = Scorer(first, settings.explain.chunk_size, passes)
     items, untrusted = screen(scorer, items, settings.batch_size, on_error)
-    results = {m: MethodResult(m, e.layer_names) for m, e in explainers.items()}
+    results = {
+        m: MethodResult(m, e.layer_names, runtime=e.offload.settings())
+        for m, e in explainers.items()
+    }
     if advance is not None:
         stages = len(cascade(loaded.model, settings.stages)) if "sanity" in settings.families else 0
         advance(-len(explainers) * len(items) * (1 + stages))  # the total, told first

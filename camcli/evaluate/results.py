@@ -85,6 +85,7 @@ def results_dict(evaluation: Evaluation) -> dict[str, Any]:
             "chunk_size": s.explain.chunk_size,
             "precision": s.explain.precision,
             "layers": {result.name: result.layers for result in evaluation.results},
+            "runtime": {result.name: result.runtime for result in evaluation.results},
         },
         "sanity": sanity,
         "errors": [{"input": path, "error": message} for path, message in evaluation.errors],
