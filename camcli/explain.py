@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import re
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -290,7 +291,10 @@ class Explainer:
             self.method.configure(spec, self.head.name, size)
             probe = torch.randn(1, 3, size, size, device=loaded.device)
             # The checks compare exact maths (CAM's head against the logits): full precision.
+            began = time.perf_counter()
             activations, logits = self._forward(probe, autocast=False)
+            #: One image's forward pass (with its first call's setup: an upper bound).
+            self._probe_seconds = time.perf_counter() - began
         except (RuntimeError, MemoryError) as exc:
             too_small = input_too_small(exc, size, loaded.name)
             if too_small is not None:
@@ -373,6 +377,7 @@ class Explainer:
             precision=self.spec.precision,
             passes=None if images is None else images * per_image,
             why_not=why_not,
+            pass_seconds=self._probe_seconds,
         )
         self.offload = choose_runtime(runtime or self.spec.runtime, job)
         return self.offload

@@ -16,8 +16,10 @@ when that says bf16 or fp16; ONNX Runtime only in float32):
 1. PyTorch, when the model is not on the CPU, is an ONNX file (ONNX Runtime runs it already),
    explains a detector or a segmenter, or the method has no pass a runtime can run;
 2. PyTorch, when neither runtime is installed;
-3. PyTorch, when the job holds fewer than ``AUTO_MIN_PASSES`` forward passes and the model was
-   never exported at this size (the export, seconds, would cost more than it saves);
+3. PyTorch, when the job's forward passes would take PyTorch less than ``AUTO_MIN_SECONDS``
+   (their count times the explainer's probe pass; fewer than ``AUTO_MIN_PASSES`` passes when
+   that time is unknown) and the model was never exported at this size: the export and the
+   measurement, seconds each, would cost more than they save;
 4. otherwise each installed runtime and PyTorch run the same random batch, of the size the
    passes will use, twice each, interleaved; a runtime whose scores differ from PyTorch's by
    more than ``TOLERANCE`` of their peak is out, and the fastest of the rest wins if it beats
@@ -41,7 +43,9 @@ from camcli.runtimes.sessions import PACKAGES, Session, installed, open_session,
 from camcli.runtimes.split import SplitModel, SplitRefused, split
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
-#: Fewer forward passes than this in a job, and ``auto`` exports nothing new.
+#: A job whose forward passes take PyTorch less than this (seconds), and ``auto`` exports
+#: nothing new; with the time of a pass unknown, fewer passes than ``AUTO_MIN_PASSES``.
+AUTO_MIN_SECONDS = 60.0
 AUTO_MIN_PASSES = 256
 #: Largest difference from PyTorch's scores a runtime may show, as a fraction of their peak.
 TOLERANCE = 1e-4
@@ -103,6 +107,27 @@ class Job:
     precision: str = "fp32"
     passes: int | None = None
     why_not: str | None = None
+    #: Seconds of one image's forward pass in PyTorch (the explainer's probe), if known.
+    pass_seconds: float | None = None
+
+    def small(self) -> str | None:
+        """Why the job is too small to export for (rule 3), or None."""
+        if self.passes is None:
+            return None
+        if self.pass_seconds is not None:
+            seconds = self.passes * self.pass_seconds
+            if seconds < AUTO_MIN_SECONDS:
+                return (
+                    f"{self.passes} forward passes (about {seconds:.0f} s in PyTorch) are too "
+                    f"few to pay for an export (under {AUTO_MIN_SECONDS:.0f} s)"
+                )
+            return None
+        if self.passes < AUTO_MIN_PASSES:
+            return (
+                f"{self.passes} forward passes are too few to pay for an export "
+                f"(under {AUTO_MIN_PASSES})"
+            )
+        return None
 
 
 def _first(session: Session) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -192,14 +217,11 @@ def choose_runtime(requested: str, job: Job) -> Offload:
             "torch",
             "auto: no runtime is installed (pip install 'camcli[openvino]' or 'camcli[onnx]')",
         )
-    if auto and job.passes is not None and job.passes < AUTO_MIN_PASSES:
+    small = job.small() if auto else None
+    if small is not None:
         key = fingerprint(_Logits(job.model, job.logits), (3, job.size, job.size), "logits")
         if not (cache_root() / f"{key}.onnx").is_file():
-            return Offload(
-                "torch",
-                f"auto: {job.passes} forward passes are too few to pay for an export "
-                f"(under {AUTO_MIN_PASSES})",
-            )
+            return Offload("torch", f"auto: {small}")
     if not auto:
         return _explicit(requested, job)
     return _measured(candidates, job)
@@ -277,4 +299,12 @@ def _measured(candidates: list[str], job: Job) -> Offload:
     return Offload(best, f"auto: fastest ({shown}, {what}){notes}{extra}", scores, model, timings)
 
 
-__all__ = ["AUTO_MIN_PASSES", "PACKAGES", "RUNTIMES", "Job", "Offload", "choose_runtime"]
+__all__ = [
+    "AUTO_MIN_PASSES",
+    "AUTO_MIN_SECONDS",
+    "PACKAGES",
+    "RUNTIMES",
+    "Job",
+    "Offload",
+    "choose_runtime",
+]
