@@ -66,6 +66,7 @@ def explain_images(
     aug_smooth: bool = False,
     eigen_smooth: bool = False,
     chunk_size: int = 32,
+    runtime: str = "auto",
 ) -> ExplainedImages:
     """Explain images as the CLI does: each resized and cropped as the model expects.
 
@@ -73,6 +74,7 @@ def explain_images(
     ``ModelSpec`` or a ``LoadedModel`` (which keep their own; those four are then ignored).
     ``images`` are paths, PIL images or H x W x 3 uint8 RGB arrays, alone or in a sequence; all
     are explained in one batch. A path that is not a readable image raises ``InputError``.
+    ``runtime``: where forward-only passes run, as ``--runtime`` (``camcli.runtimes``).
     """
     if isinstance(model, LoadedModel):
         loaded = model
@@ -83,7 +85,7 @@ def explain_images(
         loaded = load_model(spec, progress=False)
     how = ExplainSpec(method=method, layers=tuple(layers or ()), targets=tuple(targets),
                       top_k=top_k, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
-                      chunk_size=chunk_size, precision=precision)  # fmt: skip
+                      chunk_size=chunk_size, precision=precision, runtime=runtime)  # fmt: skip
     single = isinstance(images, (str, os.PathLike, Image.Image, np.ndarray))
     items: Sequence[ImageLike] = [images] if single else list(images)  # type: ignore[list-item]
     if not items:

@@ -649,6 +649,7 @@ def explain(
     elif options:
         raise TypeError("explain: an ExplainSpec or keywords, not both")
     explainer = Explainer(loaded, spec)
+    explainer.use_runtime(int(batch.shape[0]), images=int(batch.shape[0]))  # spec.runtime
     parsed = parse_targets(list(spec.targets) or ["top1"], spec.top_k, loaded.labels,
                            loaded.num_classes)  # fmt: skip
     return explainer.explain(batch.to(loaded.device), parsed)
