@@ -172,6 +172,11 @@ def _parts(job: Job, runtime: str, warn: bool) -> tuple[Any, SplitModel | None, 
                 )
             path = exported(cut.before.eval(), example, f"before:{cut.layer}")
             model = SplitModel(job.model, cut, _first(open_session(runtime, path, job.precision)))
+            if cut.tap is None:
+                notes.append(
+                    f"cut at {cut.at}, before layer {cut.layer} (its output is not all the "
+                    "rest needs): from there on PyTorch"
+                )
         except (SplitRefused, ExportFailed) as exc:
             note = f"the pass up to layer {job.layers[0]} stays in PyTorch: {exc}"
             notes.append(note)

@@ -59,6 +59,22 @@ def fingerprint(module: nn.Module, shape: tuple[int, ...], part: str) -> str:
     return digest.hexdigest()[:32]
 
 
+@contextlib.contextmanager
+def _no_fastpath():
+    """``nn.MultiheadAttention``'s eval-mode fast path (``_native_multi_head_attention``, which
+    no ONNX opset has) off while exporting: the same maths in exportable ops."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    before = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(before)
+
+
 def _export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     """``module`` -> ONNX at ``path`` with a dynamic batch axis (TorchScript exporter, which
     needs no onnxscript and runs in seconds; the dynamo exporter where it is gone)."""
@@ -66,7 +82,7 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     count = len(outputs) if isinstance(outputs, (tuple, list)) else 1
     names = [f"out{i}" for i in range(count)]
     axes = {name: {0: "batch"} for name in ["x", *names]}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _no_fastpath():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(module, (example,), str(path), input_names=["x"],

@@ -43,18 +43,28 @@ class _Leaves(fx.Tracer):
 
 @dataclass
 class Split:
-    """``before``: image -> the layer's output; ``after``: that output -> the model's output,
-    starting at ``tap``; ``layer``: the cut layer's name."""
+    """``before``: image -> the value at the cut; ``after``: that value -> the model's output.
+    ``layer``: the first hooked layer; ``at``: where the cut is, for people (the layer itself,
+    or the value before it that the rest needs); ``tap``: the module standing for the layer
+    in ``after`` when the cut is at its output (else None: the layer runs in ``after``)."""
 
     layer: str
+    at: str
     before: fx.GraphModule
     after: fx.GraphModule
-    tap: Tap
+    tap: Tap | None
+
+
+def _crossing(nodes: list[fx.Node], last_use: dict[fx.Node, int], k: int) -> list[fx.Node]:
+    """The values computed at or before position ``k`` that a later node uses."""
+    return [n for n in nodes[: k + 1] if n.op != "get_attr" and last_use.get(n, -1) > k]
 
 
 def split(model: nn.Module, layers: Sequence[str]) -> Split:
     """Cut ``model`` at the first of ``layers`` to run (the others stay in the part after it,
-    as themselves). Raises SplitRefused."""
+    as themselves): at the layer's output when that is all the rest needs, else at the latest
+    value before it that is (a residual block's input, for a layer inside the block). Raises
+    SplitRefused when there is none (or fx cannot trace the model)."""
     try:
         graph = _Leaves(set(layers)).trace(model)
     except Exception as exc:  # data-dependent control flow and the like: fx's own message
@@ -62,24 +72,33 @@ def split(model: nn.Module, layers: Sequence[str]) -> Split:
         raise SplitRefused(f"torch.fx cannot trace the model ({first[:160]})") from None
     root = fx.GraphModule(model, graph)
     nodes = list(graph.nodes)
+    index = {node: i for i, node in enumerate(nodes)}
     calls = {name: [n for n in nodes if n.op == "call_module" and n.target == name]
              for name in layers}  # fmt: skip
     for name, found in calls.items():
         if len(found) != 1:
             how = "never runs" if not found else f"runs {len(found)} times"
             raise SplitRefused(f"layer {name} {how} in the traced model")
-    cut = min((found[0] for found in calls.values()), key=nodes.index)
-    position = nodes.index(cut)
-    before_nodes, after_nodes = nodes[: position + 1], nodes[position + 1 :]
-    earlier = set(before_nodes)
-    for node in after_nodes:
+    first = min((found[0] for found in calls.values()), key=index.__getitem__)
+    last_use: dict[fx.Node, int] = {}
+    for node in nodes:
         for used in node.all_input_nodes:
-            if used in earlier and used is not cut and used.op != "get_attr":
-                what = "the input image" if used.op == "placeholder" else f"{used.name}"
-                raise SplitRefused(
-                    f"{what} is used after layer {cut.target} (a value that skips past it): "
-                    "the layer's output is not all the rest of the model needs"
-                )
+            last_use[used] = max(last_use.get(used, -1), index[node])
+    cut = None
+    for k in range(index[first], 0, -1):
+        node = nodes[k]
+        if node.op in ("placeholder", "get_attr", "output"):
+            continue
+        if _crossing(nodes, last_use, k) == [node]:
+            cut = node
+            break
+    if cut is None:
+        raise SplitRefused(
+            f"no single value before layer {first.target} carries all the rest of the model "
+            "needs (the input image is used again later)"
+        )
+    position = index[cut]
+    before_nodes, after_nodes = nodes[: position + 1], nodes[position + 1 :]
 
     before = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
@@ -87,11 +106,14 @@ def split(model: nn.Module, layers: Sequence[str]) -> Split:
         env[node] = before.node_copy(node, lambda n: env[n])
     before.output(env[cut])
 
-    tap = Tap()
-    root.add_submodule("camcli_tap", tap)
     after = fx.Graph()
     start = after.placeholder("activation")
-    env2: dict[fx.Node, fx.Node] = {cut: after.call_module("camcli_tap", (start,))}
+    tap = None
+    if cut is first:
+        tap = Tap()
+        root.add_submodule("camcli_tap", tap)
+        start = after.call_module("camcli_tap", (start,))
+    env2: dict[fx.Node, fx.Node] = {cut: start}
 
     def lookup(node: fx.Node) -> fx.Node:
         if node not in env2:  # a parameter or constant read before the cut: read it again
@@ -100,7 +122,12 @@ def split(model: nn.Module, layers: Sequence[str]) -> Split:
 
     for node in after_nodes:
         env2[node] = after.node_copy(node, lookup)
-    return Split(str(cut.target), fx.GraphModule(root, before), fx.GraphModule(root, after), tap)
+    at = str(first.target) if tap is not None else (
+        str(cut.target) if cut.op == "call_module" else f"the value before {first.target}"
+    )  # fmt: skip
+    return Split(
+        str(first.target), at, fx.GraphModule(root, before), fx.GraphModule(root, after), tap
+    )
 
 
 class SplitModel(nn.Module):
@@ -116,7 +143,7 @@ class SplitModel(nn.Module):
     ) -> None:
         super().__init__()
         self.after = split.after
-        self.cut = split.layer
+        self.cut = split.layer if split.tap is not None else None
         self._run_before = run_before
         prefix = token_prefix(model)
         if prefix is not None:
