@@ -291,10 +291,7 @@ class Explainer:
             self.method.configure(spec, self.head.name, size)
             probe = torch.randn(1, 3, size, size, device=loaded.device)
             # The checks compare exact maths (CAM's head against the logits): full precision.
-            began = time.perf_counter()
             activations, logits = self._forward(probe, autocast=False)
-            #: One image's forward pass (with its first call's setup: an upper bound).
-            self._probe_seconds = time.perf_counter() - began
         except (RuntimeError, MemoryError) as exc:
             too_small = input_too_small(exc, size, loaded.name)
             if too_small is not None:
@@ -357,6 +354,7 @@ class Explainer:
         image a caller runs through ``scores`` itself (``evaluate``'s perturbed inputs).
         Raises UsageError for a runtime that cannot serve at all."""
         method, loaded = self.method, self.loaded
+        requested = runtime or self.spec.runtime
         why_not = None
         if not getattr(loaded.model, "differentiable", True):
             why_not = "the model is an ONNX file, which ONNX Runtime runs already"
@@ -377,10 +375,20 @@ class Explainer:
             precision=self.spec.precision,
             passes=None if images is None else images * per_image,
             why_not=why_not,
-            pass_seconds=self._probe_seconds,
+            pass_seconds=self._pass_seconds() if requested == "auto" else None,
         )
-        self.offload = choose_runtime(runtime or self.spec.runtime, job)
+        self.offload = choose_runtime(requested, job)
         return self.offload
+
+    def _pass_seconds(self) -> float:
+        """One image's forward pass, timed warm (the probe's own time holds its first call's
+        setup): what ``--runtime auto`` weighs a job with."""
+        size = self.loaded.preprocess.crop_size
+        probe = torch.randn(1, 3, size, size, device=self.loaded.device)
+        with torch.inference_mode():
+            began = time.perf_counter()
+            self._logits(probe)
+            return time.perf_counter() - began
 
     def _resolve_layers(self, layers: Sequence[str] | None, size: int) -> dict[str, nn.Module]:
         """The named layers, or the automatic default one."""
