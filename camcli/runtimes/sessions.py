@@ -74,6 +74,8 @@ class OvSession(Session):
     """
 
     runtime = "openvino"
+    #: Compiled batch sizes kept at once (a run uses its batch and a last, smaller one).
+    SHAPES = 4
 
     def __init__(self, path: Path, threads: int, precision: str = "fp32") -> None:
         import openvino
@@ -90,6 +92,8 @@ class OvSession(Session):
     def _request(self, shape: tuple[int, ...]):
         request = self._compiled.get(shape)
         if request is None:
+            if len(self._compiled) >= self.SHAPES:  # each holds its own compiled graph
+                self._compiled.pop(next(iter(self._compiled)))
             model = self._model.clone()
             model.reshape({model.inputs[0].any_name: list(shape)})
             compiled = self._core.compile_model(model, "CPU", self._config)
