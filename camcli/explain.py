@@ -376,6 +376,7 @@ class Explainer:
             passes=None if images is None else images * per_image,
             why_not=why_not,
             pass_seconds=self._pass_seconds() if requested == "auto" else None,
+            onnx_file=None if getattr(loaded.model, "differentiable", True) else loaded.model,
         )
         self.offload = choose_runtime(requested, job)
         return self.offload

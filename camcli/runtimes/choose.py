@@ -109,6 +109,9 @@ class Job:
     why_not: str | None = None
     #: Seconds of one image's forward pass in PyTorch (the explainer's probe), if known.
     pass_seconds: float | None = None
+    #: An ONNX file model (``camcli.models.onnx.OnnxModel``): ONNX Runtime runs it already;
+    #: ``--runtime openvino`` runs its forward-only passes on OpenVINO, from the file itself.
+    onnx_file: Any = None
 
     def small(self) -> str | None:
         """Why the job is too small to export for (rule 3), or None."""
@@ -185,6 +188,24 @@ def _parts(job: Job, runtime: str, warn: bool) -> tuple[Any, SplitModel | None, 
     return scores, model, "; ".join(notes)
 
 
+def _file_scores(model: Any, precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The logits of an ONNX file model on OpenVINO: the file as it is, fed in its own layout,
+    a row at a time where its batch is fixed at 1."""
+    from camcli.runtimes.sessions import OvSession
+
+    session = OvSession(model.path, torch.get_num_threads(), precision)
+    column = session.output_names.index(model.output) if model.output in session.output_names else 0
+    nhwc = model.input.layout == "nhwc"
+
+    def scores(batch: torch.Tensor) -> torch.Tensor:
+        pixels = batch.permute(0, 2, 3, 1) if nhwc else batch
+        if model.input.batch is None or pixels.shape[0] == 1:
+            return session(pixels)[column]
+        return torch.cat([session(pixels[i : i + 1])[column] for i in range(pixels.shape[0])])
+
+    return scores
+
+
 def _agrees(reference: torch.Tensor, other: torch.Tensor) -> float:
     """The largest difference as a fraction of the reference's peak."""
     peak = float(reference.abs().max()) or 1.0
@@ -207,6 +228,13 @@ def choose_runtime(requested: str, job: Job) -> Offload:
                 "or use --runtime openvino"
             )
     auto = requested == "auto"
+    if job.onnx_file is not None and requested == "openvino" and job.scores:
+        return Offload(
+            "openvino",
+            "--runtime openvino: the ONNX file's forward-only passes on OpenVINO (the main "
+            "pass stays on ONNX Runtime)",
+            scores=_file_scores(job.onnx_file, job.precision),
+        )
     stays = job.why_not
     if stays is None and job.device.type != "cpu":
         stays = f"the runtimes run on the CPU and the model is on {job.device}"

@@ -88,6 +88,8 @@ class OvSession(Session):
             "PERFORMANCE_HINT": "LATENCY",
         }
         self._compiled: dict[tuple[int, ...], object] = {}
+        #: The graph's output names, in the order ``__call__`` returns them.
+        self.output_names = [output.get_any_name() for output in self._model.outputs]
 
     def _request(self, shape: tuple[int, ...]):
         request = self._compiled.get(shape)
