@@ -17,8 +17,9 @@ import torch
 from typer.testing import CliRunner
 
 from camcli.cli import app
+from camcli.config import ExplainSpec
 from camcli.errors import UsageError
-from camcli.explain import explain
+from camcli.explain import Explainer, explain, parse_targets
 from camcli.models import load_model
 from camcli.models.torchvision import seeded_build
 from conftest import camcli_cli, random_image
@@ -409,3 +410,36 @@ def test_black_box_methods_give_the_torch_models_maps(pair, options):
     peak = float(np.abs(theirs.maps).max())
     assert peak > 0
     assert float(np.abs(ours.maps - theirs.maps).max()) <= 1e-4 * peak
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "nhwc-batch-1"])
+def test_openvino_runs_an_onnx_files_forward_only_passes_with_the_same_maps(
+    exported, tmp_path, kind, monkeypatch
+):
+    """``--runtime openvino`` on an ONNX file: RISE's masked inputs run on OpenVINO from the
+    file itself (in its own layout, a row at a time where its batch is fixed at 1), and the
+    maps are ONNX Runtime's to 1e-4 of their peak."""
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("CAMCLI_CACHE_DIR", str(tmp_path / "cache"))
+    if kind == "dynamic":
+        loaded, size = load_model(str(exported), device="cpu", input_size=SIZE), SIZE
+    else:
+        path = tmp_path / "nhwc.onnx"
+        nhwc_model(path, "gemm")
+        loaded, size = load_model(str(path), device="cpu"), 32
+    batch = batch_of(2, seed=5)[:, :, :size, :size].contiguous()
+    options = {"method": "rise", "masks": 96, "chunk_size": 32, "targets": ("top1",)}
+    plain = Explainer(loaded, ExplainSpec(runtime="torch", **options))
+    on_openvino = Explainer(loaded, ExplainSpec(runtime="openvino", **options))
+    offload = on_openvino.use_runtime(2, images=2)
+    assert offload.runtime == "openvino" and offload.scores is not None
+    assert "ONNX file" in offload.settings()["runtime_reason"]
+    targets = parse_targets(["top1"], None, loaded.labels, loaded.num_classes)
+    theirs = plain.explain(batch, targets).maps
+    ours = on_openvino.explain(batch, targets).maps
+    peak = float(np.abs(theirs).max())
+    assert peak > 0
+    assert float(np.abs(ours - theirs).max()) <= 1e-4 * peak
+    # Auto leaves an ONNX file on ONNX Runtime, and says why.
+    auto = Explainer(loaded, ExplainSpec(runtime="auto", **options)).use_runtime(2, images=2)
+    assert auto.runtime == "torch" and "ONNX file" in auto.reason
