@@ -28,6 +28,9 @@ class AblationCAM(CamMethod):
 
     name = "ablationcam"
     needs_grad = False
+    # Its ablated passes run in PyTorch (they change the layer's output): the main pass
+    # too, so that the score it subtracts them from comes from the same arithmetic.
+    runtime_split = False
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)

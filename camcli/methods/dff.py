@@ -68,6 +68,9 @@ class DeepFeatureFactorization(CamMethod):
 
     name = "dff"
     needs_grad = False
+    # Its ablated passes run in PyTorch (they change the layer's output): the main pass
+    # too, so that the score it subtracts them from comes from the same arithmetic.
+    runtime_split = False
     supports_eigen_smooth = False
     supports_aug_smooth = False
     max_layers = 1
