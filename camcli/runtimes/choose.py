@@ -17,9 +17,10 @@ when that says bf16 or fp16; ONNX Runtime only in float32):
    explains a detector or a segmenter, or the method has no pass a runtime can run;
 2. PyTorch, when neither runtime is installed;
 3. PyTorch, when the job's forward passes would take PyTorch less than ``AUTO_MIN_SECONDS``
-   (their count times the explainer's probe pass; fewer than ``AUTO_MIN_PASSES`` passes when
-   that time is unknown) and the model was never exported at this size: the export and the
-   measurement, seconds each, would cost more than they save;
+   (their count times one warm pass of the explainer; fewer than ``AUTO_MIN_PASSES`` passes
+   when that time is unknown) and the model was never exported at this size, or less than
+   ``AUTO_MIN_SECONDS_CACHED`` (``AUTO_MIN_PASSES_CACHED``) even when it was: the export and
+   the measurement, seconds each, would cost more than they save;
 4. otherwise each installed runtime and PyTorch run the same random batch, of the size the
    passes will use, twice each, interleaved; a runtime whose scores differ from PyTorch's by
    more than ``TOLERANCE`` of their peak is out, and the fastest of the rest wins if it beats
@@ -47,6 +48,9 @@ RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 #: nothing new; with the time of a pass unknown, fewer passes than ``AUTO_MIN_PASSES``.
 AUTO_MIN_SECONDS = 60.0
 AUTO_MIN_PASSES = 256
+#: Below these even a cached export is not worth ``auto``'s measurement (a few seconds).
+AUTO_MIN_SECONDS_CACHED = 10.0
+AUTO_MIN_PASSES_CACHED = 32
 #: Largest difference from PyTorch's scores a runtime may show, as a fraction of their peak.
 TOLERANCE = 1e-4
 #: How much faster than PyTorch ``auto`` wants a runtime before it picks it.
@@ -113,23 +117,21 @@ class Job:
     #: ``--runtime openvino`` runs its forward-only passes on OpenVINO, from the file itself.
     onnx_file: Any = None
 
-    def small(self) -> str | None:
-        """Why the job is too small to export for (rule 3), or None."""
+    def small(self, seconds: float = 0.0, passes: int = 0) -> str | None:
+        """Why the job is too small to pay for what ``auto`` would do (rule 3): under
+        ``seconds`` of PyTorch passes when a pass's time is known, else under ``passes``."""
         if self.passes is None:
             return None
         if self.pass_seconds is not None:
-            seconds = self.passes * self.pass_seconds
-            if seconds < AUTO_MIN_SECONDS:
+            total = self.passes * self.pass_seconds
+            if total < seconds:
                 return (
-                    f"{self.passes} forward passes (about {seconds:.0f} s in PyTorch) are too "
-                    f"few to pay for an export (under {AUTO_MIN_SECONDS:.0f} s)"
+                    f"{self.passes} forward passes (about {total:.0f} s in PyTorch) are too "
+                    f"few to pay for {{what}} (under {seconds:.0f} s)"
                 )
             return None
-        if self.passes < AUTO_MIN_PASSES:
-            return (
-                f"{self.passes} forward passes are too few to pay for an export "
-                f"(under {AUTO_MIN_PASSES})"
-            )
+        if self.passes < passes:
+            return f"{self.passes} forward passes are too few to pay for {{what}} (under {passes})"
         return None
 
 
@@ -250,11 +252,15 @@ def choose_runtime(requested: str, job: Job) -> Offload:
             "torch",
             "auto: no runtime is installed (pip install 'camcli[openvino]' or 'camcli[onnx]')",
         )
-    small = job.small() if auto else None
-    if small is not None:
-        key = fingerprint(_Logits(job.model, job.logits), (3, job.size, job.size), "logits")
-        if not (cache_root() / f"{key}.onnx").is_file():
-            return Offload("torch", f"auto: {small}")
+    if auto:
+        small = job.small(AUTO_MIN_SECONDS_CACHED, AUTO_MIN_PASSES_CACHED)
+        if small is not None:
+            return Offload("torch", "auto: " + small.format(what="a measurement"))
+        small = job.small(AUTO_MIN_SECONDS, AUTO_MIN_PASSES)
+        if small is not None:
+            key = fingerprint(_Logits(job.model, job.logits), (3, job.size, job.size), "logits")
+            if not (cache_root() / f"{key}.onnx").is_file():
+                return Offload("torch", "auto: " + small.format(what="an export"))
     if not auto:
         return _explicit(requested, job)
     return _measured(candidates, job)
