@@ -66,6 +66,10 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     count = len(outputs) if isinstance(outputs, (tuple, list)) else 1
     names = [f"out{i}" for i in range(count)]
     axes = {name: {0: "batch"} for name in ["x", *names]}
+    # nn.MultiheadAttention's fused inference kernel (a ViT's blocks in eval mode under
+    # no_grad) has no ONNX form; the plain path computes the same attention and exports.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -76,6 +80,8 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
             batch = torch.export.Dim("batch")
             torch.onnx.export(module, (example,), str(path), input_names=["x"],
                               output_names=names, dynamic_shapes=({0: batch},), dynamo=True)  # fmt: skip
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def exported(module: nn.Module, example: torch.Tensor, part: str) -> Path:
