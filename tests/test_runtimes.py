@@ -220,6 +220,22 @@ def test_a_layer_inside_a_residual_block_stays_in_torch_and_says_so_once():
     np.testing.assert_array_equal(maps, expected.maps)
 
 
+def test_cli_says_once_that_the_layer_cannot_be_cut(two_images, tmp_path):
+    out = tmp_path / "out"
+    done = camcli_cli("run", *map(str, two_images), "--out", str(out), "--model", "resnet18",
+                      "--weights", "none", "--input-size", str(SIZE), "--device", "cpu",
+                      "--layer", "layer4.1.conv2", "--runtime", "onnxruntime", "--batch-size",
+                      "1", "-f", "npy", "--quiet", env={})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if "stays in PyTorch" in line]
+    assert len(said) == 1, done.stderr
+    assert said[0].startswith("warning: the pass up to layer layer4.1.conv2 stays in PyTorch")
+    records = manifest(out)
+    assert len(records) == 2
+    assert {r["settings"]["runtime"] for r in records} == {"torch"}
+    assert all("stays in PyTorch" in r["settings"]["runtime_reason"] for r in records)
+
+
 def test_score_passes_still_run_on_the_runtime_when_the_layer_cannot_be_cut():
     model = loaded(resnet18())
     layer = ["layer4.1.conv2"]
@@ -262,7 +278,7 @@ def test_auto_measures_once_the_model_is_exported(_own_cache):
     assert offload.runtime in timings
     assert offload.reason.startswith("auto: ")
     assert ("fastest" in offload.reason) == (offload.runtime != "torch")
-    assert "batch of 8 at 64 px" in offload.reason or "at 64 px" in offload.reason
+    assert f"batch of {explainer.chunk_size} at {SIZE} px" in offload.reason
 
 
 @pytest.fixture
