@@ -26,11 +26,17 @@ SYNTHETIC_MODEL = f"{Path(synthetic.__file__).resolve()}:TinyCAMNet"
 
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
-    """Tests never download: TORCH_HOME points at an empty per-session cache."""
+    """Tests never download: TORCH_HOME points at an empty per-session cache; nor do they
+    write to the user's caches."""
     home = tmp_path_factory.getbasetemp() / "torch-home"
     home.mkdir(exist_ok=True)
     monkeypatch.setenv("TORCH_HOME", str(home))
     monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
+    # --runtime's ONNX exports (camcli.runtimes.export) go to a per-session cache, inherited by
+    # the CLI subprocesses, never to the user's ~/.cache/camcli.
+    exports = tmp_path_factory.getbasetemp() / "camcli-cache"
+    exports.mkdir(exist_ok=True)
+    monkeypatch.setenv("CAMCLI_CACHE_DIR", str(exports))
 
 
 @pytest.fixture(scope="session")

@@ -156,6 +156,23 @@ def _candidates(job: Job, requested: str) -> list[str]:
     ]
 
 
+def _session(runtime: str, module: nn.Module, example: torch.Tensor, part: str,
+             precision: str) -> Session:  # fmt: skip
+    """A session on ``module``'s cached export; a cached file the runtime cannot load (cut
+    short by a full disk or a killed copy) is exported again, once. Raises ExportFailed."""
+    path = exported(module, example, part)
+    try:
+        return open_session(runtime, path, precision)
+    except Exception:  # each runtime raises its own types for a file it cannot parse
+        path.unlink(missing_ok=True)
+    path = exported(module, example, part)
+    try:
+        return open_session(runtime, path, precision)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ExportFailed(f"{runtime} cannot load the export ({first[:200]})") from None
+
+
 def _parts(job: Job, runtime: str, warn: bool) -> tuple[Any, SplitModel | None, str]:
     """(scores session or None, split model or None, what stays in PyTorch) on ``runtime``.
     Raises ExportFailed when nothing at all can be exported."""
@@ -164,8 +181,8 @@ def _parts(job: Job, runtime: str, warn: bool) -> tuple[Any, SplitModel | None, 
     model = None
     notes = []
     if job.scores:
-        path = exported(_Logits(job.model, job.logits).eval(), example, "logits")
-        scores = _first(open_session(runtime, path, job.precision))
+        whole = _Logits(job.model, job.logits).eval()
+        scores = _first(_session(runtime, whole, example, "logits", job.precision))
     if job.layers:
         try:
             cut = split(job.model, job.layers)
@@ -175,8 +192,9 @@ def _parts(job: Job, runtime: str, warn: bool) -> tuple[Any, SplitModel | None, 
                 raise SplitRefused(
                     f"layer {cut.layer} returns {type(probe).__name__}, not one tensor"
                 )
-            path = exported(cut.before.eval(), example, f"before:{cut.layer}")
-            model = SplitModel(job.model, cut, _first(open_session(runtime, path, job.precision)))
+            before = _session(runtime, cut.before.eval(), example, f"before:{cut.layer}",
+                              job.precision)  # fmt: skip
+            model = SplitModel(job.model, cut, _first(before))
             if cut.tap is None:
                 notes.append(
                     f"cut at {cut.at}, before layer {cut.layer} (its output is not all the "
