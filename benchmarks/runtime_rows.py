@@ -176,7 +176,8 @@ def evaluate_row(bench: Any, runtimes: Sequence[str]) -> None:
     taking turns); the exports are made by a one-image warm-up run of each runtime first."""
     from evaluate_interleaved import measure, run_worker
 
-    n, chunk = (4 if bench.quick else 16), 32
+    # $RT_EVALUATE_IMAGES: fewer images where the machine is slow (the ratio is per pass).
+    n, chunk = int(os.environ.get("RT_EVALUATE_IMAGES", 4 if bench.quick else 16)), 32
     repeats = 1 if bench.quick else min(bench.repeats, 2)
     names = {r: ("camcli" if r == "torch" else f"camcli-{r}") for r in runtimes}
     add = bench.add
