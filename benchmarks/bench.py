@@ -866,6 +866,8 @@ def versions() -> str:
         "torchcam",
         "pillow",
         "opencv-python-headless",
+        "onnxruntime",
+        "openvino",
     ):
         try:
             parts.append(f"{dist} {version(dist)}")

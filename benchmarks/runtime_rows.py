@@ -117,7 +117,8 @@ def run_row(
     run_process: Callable[[list[str]], tuple[float, int]],
 ) -> None:
     """``camcli run PHOTOS --runtime R`` (resnet50, Grad-CAM, overlays) for each runtime and
-    ``baseline_forward.py`` on the same photos, whole processes, in turn each repeat."""
+    ``baseline_forward.py`` on the same photos, whole processes, in turn each repeat (ABCD,
+    DCBA, ...: a machine whose load drifts favours no one)."""
     from camcli.explain import Explainer
 
     count = len(list(photos.glob("*.jpg")))
@@ -139,8 +140,9 @@ def run_row(
             run_process(camcli(one, runtime))
         commands = [floor, *(camcli(photos, r) for r in runtimes)]
         times: list[list[float]] = [[] for _ in commands]
-        for _ in range(repeats):
-            for command, bucket in zip(commands, times, strict=True):
+        for repeat in range(repeats):  # in turn, the order reversed every other repeat
+            pairs = list(zip(commands, times, strict=True))
+            for command, bucket in pairs if repeat % 2 == 0 else pairs[::-1]:
                 shutil.rmtree(out, ignore_errors=True)
                 bucket.append(run_process(command)[0])
                 if command is not floor and len(list(out.rglob("*.jpg"))) != count:
