@@ -215,7 +215,7 @@ def evaluate_row(bench: Any, runtimes: Sequence[str]) -> None:
             if runtime != "torch":
                 gap = medians[name]["insertion_auc"] - base
                 add("rt_evaluate", f"mean insertion AUC, --runtime {runtime} - torch",
-                    f"{gap:+.1e}", "|d| <= 1e-3", abs(gap) <= 1e-3)  # fmt: skip
+                    f"{gap:+.1e}", "within 1e-3", abs(gap) <= 1e-3)  # fmt: skip
 
 
 # --- c. Score-CAM against torchcam ------------------------------------------------------------
@@ -268,7 +268,7 @@ def scorecam_row(bench: Any, runtimes: Sequence[str]) -> None:
             if runtime != "torch":
                 gap = float(np.abs(found - maps["torch"]).max())
                 peak = float(np.abs(maps["torch"]).max()) or 1.0
-                add("rt_scorecam", f"map --runtime {runtime} vs torch, max |diff| / peak",
+                add("rt_scorecam", f"map --runtime {runtime} vs torch, largest difference / peak",
                     f"{gap / peak:.1e}", "<= 1e-3", gap / peak <= 1e-3)  # fmt: skip
 
 
