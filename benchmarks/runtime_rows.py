@@ -15,6 +15,10 @@ cache, ``$CAMCLI_CACHE_DIR``, a folder of the row's own under the work folder), 
 runs read the cached file, as every run after a user's first does. How long the export takes
 once is measured apart (``export_seconds``: the runtime's set-up with an empty cache, less the
 same with the file cached) and given as a line of its own.
+
+Where the machine is too slow for the full sizes: ``$RT_EVALUATE_IMAGES`` (default 16, 4 with
+``--quick``) and ``$RT_RISE_MASKS`` (default 1,000, 100 with ``--quick``, which also skips
+``--masks auto``).
 """
 
 from __future__ import annotations
