@@ -942,6 +942,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown rows {unknown} (choose from {', '.join(ROWS)})")
     bench = Bench(args.device, 1 if args.quick else args.repeats, args.quick, args.workdir)
     bench.runtimes = tuple(r.strip() for r in args.runtimes.split(",") if r.strip())
+    if not bench.runtimes or set(bench.runtimes) - {"torch", "onnxruntime", "openvino"}:
+        parser.error(f"--runtimes {args.runtimes!r}: choose from torch, onnxruntime, openvino")
     args.workdir.mkdir(parents=True, exist_ok=True)
     command = shlex.join(
         ["python", "benchmarks/bench.py", *(argv if argv is not None else sys.argv[1:])]
