@@ -49,6 +49,10 @@ ROWS = (
     "rise",
     "occlusion",
     "onnx",
+    "rt_run",
+    "rt_evaluate",
+    "rt_scorecam",
+    "rt_rise",
 )
 
 
@@ -71,6 +75,8 @@ class Bench:
     workdir: Path
     lines: list[Line] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: The runtimes the rt_* rows put side by side (``--runtimes``).
+    runtimes: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
 
     def add(self, *args, **kwargs) -> None:
         line = Line(*args, **kwargs)
@@ -487,6 +493,46 @@ def row_occlusion(bench: Bench) -> None:
     occlusion(bench.add, bench.workdir, bench.quick)
 
 
+def _runtime_rows():
+    sys.path.insert(0, str(HERE))
+    import runtime_rows
+
+    return runtime_rows
+
+
+def _cpu_only(bench: Bench, row: str) -> None:
+    if bench.device != "cpu":
+        raise RuntimeError(f"the {row} row runs on the CPU only (--device cpu): the runtimes do")
+
+
+def row_rt_run(bench: Bench) -> None:
+    """Issue 25: ``camcli run --runtime R`` over 200 photos (24 with --quick) for each runtime,
+    against the decode + plain forward floor (runtime_rows.run_row)."""
+    _cpu_only(bench, "rt_run")
+    count = 24 if bench.quick else 200
+    photos = make_photos(bench.workdir / f"photos{count}", count)
+    one = make_photos(bench.workdir / "photos1", 1)
+    _runtime_rows().run_row(bench, photos, one, bench.runtimes, run_process)
+
+
+def row_rt_evaluate(bench: Bench) -> None:
+    """Issue 25: evaluate's deletion + insertion on each runtime against torchcam."""
+    _cpu_only(bench, "rt_evaluate")
+    _runtime_rows().evaluate_row(bench, bench.runtimes)
+
+
+def row_rt_scorecam(bench: Bench) -> None:
+    """Issue 25: Score-CAM on each runtime against torchcam (resnet18, one image)."""
+    _cpu_only(bench, "rt_scorecam")
+    _runtime_rows().scorecam_row(bench, bench.runtimes)
+
+
+def row_rt_rise(bench: Bench) -> None:
+    """Issue 25: RISE on each runtime against OpenVINO XAI, N masks and --masks auto."""
+    _cpu_only(bench, "rt_rise")
+    _runtime_rows().rise_row(bench, bench.runtimes)
+
+
 # --- processes --------------------------------------------------------------------------------
 
 
@@ -820,6 +866,8 @@ def versions() -> str:
         "torchcam",
         "pillow",
         "opencv-python-headless",
+        "onnxruntime",
+        "openvino",
     ):
         try:
             parts.append(f"{dist} {version(dist)}")
@@ -878,6 +926,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROWS)}")
     parser.add_argument("--quick", action="store_true", help="smoke run: small sizes, 1 repeat")
+    parser.add_argument(
+        "--runtimes",
+        default="torch,onnxruntime,openvino",
+        help="comma list of the runtimes the rt_* rows compare (default all three)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument(
         "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "camcli-bench"
@@ -888,6 +941,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown rows {unknown} (choose from {', '.join(ROWS)})")
     bench = Bench(args.device, 1 if args.quick else args.repeats, args.quick, args.workdir)
+    bench.runtimes = tuple(r.strip() for r in args.runtimes.split(",") if r.strip())
+    if not bench.runtimes or set(bench.runtimes) - {"torch", "onnxruntime", "openvino"}:
+        parser.error(f"--runtimes {args.runtimes!r}: choose from torch, onnxruntime, openvino")
     args.workdir.mkdir(parents=True, exist_ok=True)
     command = shlex.join(
         ["python", "benchmarks/bench.py", *(argv if argv is not None else sys.argv[1:])]

@@ -29,6 +29,9 @@ import time
 from collections.abc import MutableMapping
 
 CONTENDERS = ("camcli", "torchcam", "torchcam-thp")
+#: camcli with ``--runtime onnxruntime`` / ``openvino`` (the ``rt_evaluate`` row of bench.py);
+#: their exports come from ``$CAMCLI_CACHE_DIR``, made by a warm-up run first.
+RUNTIME_CONTENDERS = ("camcli-onnxruntime", "camcli-openvino")
 STEPS = 20
 
 
@@ -38,7 +41,9 @@ def _usage() -> tuple[float, int]:
 
 
 def worker(name: str, model: str, n: int, chunk: int) -> dict[str, float]:
-    """Build the model and ``n`` images, time one cold run of contender ``name``."""
+    """Build the model and ``n`` images, time one cold run of contender ``name``. For camcli
+    on a runtime (``camcli-onnxruntime``), the timed run includes choosing it (the sessions;
+    the export too unless it is cached), whose seconds are also returned as ``setup``."""
     from functools import partial
     from pathlib import Path, PurePosixPath
 
@@ -51,7 +56,8 @@ def worker(name: str, model: str, n: int, chunk: int) -> dict[str, float]:
     torch.manual_seed(0)
     loaded = load_model(model, weights="none", device="cpu", progress=False)
     views = np.random.default_rng(0).integers(0, 256, (n, 224, 224, 3), dtype=np.uint8)
-    if name == "camcli":
+    setup = None
+    if name.startswith("camcli"):
         from camcli.config import ExplainSpec
         from camcli.evaluate.measure import Item, MethodResult, Settings, faithfulness
         from camcli.explain import Explainer
@@ -67,7 +73,8 @@ def worker(name: str, model: str, n: int, chunk: int) -> dict[str, float]:
             )
             for i in range(n)
         ]
-        explainer = Explainer(loaded, "gradcam", chunk_size=chunk)
+        runtime = name.partition("-")[2] or "torch"
+        explainer = Explainer(loaded, "gradcam", chunk_size=chunk, runtime=runtime)
         settings = Settings(
             families=("deletion",),
             steps=STEPS,
@@ -77,6 +84,10 @@ def worker(name: str, model: str, n: int, chunk: int) -> dict[str, float]:
         result = MethodResult("gradcam", explainer.layer_names)
 
         def run() -> float:
+            nonlocal setup
+            start = time.perf_counter()
+            explainer.use_runtime(n, scored=True)  # as `camcli evaluate --runtime` does
+            setup = time.perf_counter() - start
             faithfulness(explainer, items, settings, result, None, None)
             return float(np.mean(result.values["insertion_auc"]))
 
@@ -104,12 +115,16 @@ def worker(name: str, model: str, n: int, chunk: int) -> dict[str, float]:
     auc = run()
     wall = time.perf_counter() - wall
     cpu, faults = _usage()[0] - cpu, _usage()[1] - faults
-    return {"wall": wall, "cpu": cpu, "faults": faults, "insertion_auc": auc}
+    found = {"wall": wall, "cpu": cpu, "faults": faults, "insertion_auc": auc}
+    if setup is not None:
+        found["setup"] = setup
+    return found
 
 
 # Each contender's THP_MEM_ALLOC_ENABLE: camcli its own default (unset), torchcam PyTorch's
 # default (0, which camcli's import keeps), torchcam-thp camcli's.
 ALLOCATION = {"camcli": None, "torchcam": "0", "torchcam-thp": "1"}
+ALLOCATION.update(dict.fromkeys(RUNTIME_CONTENDERS))
 
 
 def set_allocation(name: str, env: MutableMapping[str, str]) -> None:
@@ -176,9 +191,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunk", type=int, default=32)
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
-    parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=CONTENDERS + RUNTIME_CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument(
-        "--profile", choices=CONTENDERS, help="one run of this contender under torch.profiler"
+        "--profile",
+        choices=CONTENDERS + RUNTIME_CONTENDERS,
+        help="one run of this contender under torch.profiler",
     )
     args = parser.parse_args()
     if args.profile:
