@@ -86,7 +86,7 @@ def worker(name: str, model: str, n: int, chunk: int) -> dict[str, float]:
         def run() -> float:
             nonlocal setup
             start = time.perf_counter()
-            explainer.use_runtime(n, scored=True)  # as `camcli evaluate --runtime` does
+            explainer.use_runtime(n, scored_passes=1)  # as `camcli evaluate --runtime` does
             setup = time.perf_counter() - start
             faithfulness(explainer, items, settings, result, None, None)
             return float(np.mean(result.values["insertion_auc"]))

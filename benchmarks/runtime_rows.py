@@ -77,7 +77,9 @@ def export_seconds(
             times = []
             for _ in range(2):
                 start = time.perf_counter()
-                offload = explainer.use_runtime(batch_size, images=images, scored=scored)
+                offload = explainer.use_runtime(
+                    batch_size, images=images, scored_passes=int(scored)
+                )
                 times.append(time.perf_counter() - start)
                 if offload.runtime != "onnxruntime":
                     raise RuntimeError(f"onnxruntime did not serve: {offload.reason}")
