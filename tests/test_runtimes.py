@@ -428,7 +428,8 @@ def test_a_missing_runtime_is_one_line_and_auto_does_without(tiny_checkpoint, tw
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [
-        "error: --runtime openvino needs the openvino package: pip install 'camcli[openvino]'"
+        "error: --runtime openvino needs the openvino package: `uv sync --extra openvino` in "
+        "the camcli checkout (or `pip install '.[openvino]'` there)"
     ]
     assert not (tmp_path / "a" / MANIFEST).exists()
 

@@ -158,7 +158,7 @@ RuntimeOption = Annotated[
     Runtime,
     typer.Option(
         help="Where forward-only passes run on the CPU (masked and perturbed inputs, the "
-        "model up to the layer): onnxruntime (camcli[onnx]) or openvino (camcli[openvino]) "
+        "model up to the layer): onnxruntime (the onnx extra) or openvino (the openvino extra) "
         "on a cached ONNX export, or torch; auto: the fastest installed one that gives the "
         "same scores (docs/runtimes.md).",
     ),

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from camcli.errors import CamcliWarning, UsageError
+from camcli.errors import CamcliWarning, UsageError, install_extra
 from camcli.runtimes.export import ExportFailed, cache_root, exported, fingerprint
 from camcli.runtimes.sessions import PACKAGES, Session, installed, open_session, require
 from camcli.runtimes.split import SplitModel, SplitRefused, split
@@ -268,7 +268,7 @@ def choose_runtime(requested: str, job: Job) -> Offload:
     if not candidates:
         return Offload(
             "torch",
-            "auto: no runtime is installed (pip install 'camcli[openvino]' or 'camcli[onnx]')",
+            f"auto: no runtime is installed ({install_extra('openvino')})",
         )
     if auto:
         small = job.small(AUTO_MIN_SECONDS_CACHED, AUTO_MIN_PASSES_CACHED)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from camcli.errors import UsageError
+from camcli.errors import UsageError, install_extra
 
 #: The runtimes beside PyTorch, each with the module it imports and camcli's extra for it.
 PACKAGES = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino")}
@@ -24,9 +24,7 @@ def require(runtime: str) -> None:
     """UsageError with the install command unless ``runtime``'s package is installed."""
     module, extra = PACKAGES[runtime]
     if not installed(runtime):
-        raise UsageError(
-            f"--runtime {runtime} needs the {module} package: pip install 'camcli[{extra}]'"
-        )
+        raise UsageError(f"--runtime {runtime} needs the {module} package: {install_extra(extra)}")
 
 
 class Session:
