@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from camcli.cli import app
+from camcli.engines.batch import RUNTIME_KEYS
 from camcli.errors import UsageError
 from camcli.outfolder import LOCK_FILE, MANIFEST, OutputFolder, manifest_parts, read_manifest
 from camcli.shards import Shard, parse_shard, select_sources, shard_of
@@ -62,8 +63,11 @@ def finish(process: subprocess.Popen) -> tuple[int, str, str]:
 
 def comparable(record: dict, out: Path) -> dict:
     """A record without what may differ between runs: the output folder, the score's last
-    digits (other batches), ``skipped``."""
+    digits (other batches), ``skipped``, where the passes ran and why (each shard's job is its
+    own size: auto's reason counts its passes)."""
     kept = {k: v for k, v in record.items() if k not in ("score", "skipped")}
+    if "settings" in record:
+        kept["settings"] = {k: v for k, v in record["settings"].items() if k not in RUNTIME_KEYS}
     kept["outputs"] = [str(Path(o).relative_to(out)) for o in record["outputs"]]
     kept["score"] = None if record.get("score") is None else round(record["score"], 3)
     return kept
